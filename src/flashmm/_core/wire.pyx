@@ -1,0 +1,290 @@
+"""Scanners for the venue's text fields: level lists and RFC 3339 timestamps.
+
+Level lists ``[["price","size"], ...]`` go straight into float64 rows.
+
+The venue sends each side of a book update as a JSON array of ``[price, size]``
+decimal strings, itself inside a JSON string. Going through ``json.loads`` and a
+Python ``float()`` per level costs microseconds; this parser reads the characters
+once and writes doubles into a caller-owned buffer.
+
+Decimals with at most 15 significant digits are converted exactly
+(``mantissa / 10**scale`` with both operands exact, hence correctly rounded);
+anything longer or with an exponent goes through ``strtod``. ``nan``, ``inf``,
+hex floats, a negative size and a non-positive price are errors.
+"""
+
+cimport numpy as cnp
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport isfinite
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport strtod
+
+cnp.import_array()
+
+cdef enum:
+    MAX_TOKEN = 63
+
+cdef double[23] _POW10 = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+]
+
+
+class LevelsFormatError(ValueError):
+    """A level list is not a JSON array of ``[price, size]`` decimals."""
+
+
+cdef inline Py_ssize_t _skip_ws(const char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (s[i] == c' ' or s[i] == c'\t' or s[i] == c'\n' or s[i] == c'\r'):
+        i += 1
+    return i
+
+
+cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out) noexcept nogil:
+    """Parse one (optionally quoted) decimal at ``s[i]``; return the index after it, or -1."""
+    cdef bint quoted = False
+    cdef Py_ssize_t start, j
+    cdef bint neg = False
+    cdef uint64_t mant = 0
+    cdef int digits = 0
+    cdef int scale = 0
+    cdef bint seen_dot = False
+    cdef bint slow = False
+    cdef char[MAX_TOKEN + 1] buf
+    cdef char* end
+    cdef char c
+    if i < n and s[i] == c'"':
+        quoted = True
+        i += 1
+    start = i
+    if i < n and s[i] == c'-':
+        neg = True
+        i += 1
+    j = i
+    while i < n:
+        c = s[i]
+        if c'0' <= c <= c'9':
+            if mant != 0 or c != c'0':
+                digits += 1
+            if digits <= 15:
+                mant = mant * 10 + <uint64_t>(c - c'0')
+                if seen_dot:
+                    scale += 1
+            else:
+                slow = True
+            i += 1
+        elif c == c'.' and not seen_dot:
+            seen_dot = True
+            i += 1
+        elif c == c'e' or c == c'E':
+            slow = True
+            i += 1
+            if i < n and (s[i] == c'+' or s[i] == c'-'):
+                i += 1
+            if i >= n or not (c'0' <= s[i] <= c'9'):
+                return -1
+            while i < n and c'0' <= s[i] <= c'9':
+                i += 1
+            break
+        else:
+            break
+    # at least one digit, and not a lone "." or "-"
+    if i == j or (i == j + 1 and s[j] == c'.'):
+        return -1
+    if not (c'0' <= s[j] <= c'9') and not (s[j] == c'.' and j + 1 < i and c'0' <= s[j + 1] <= c'9'):
+        return -1
+    if slow or scale > 22:
+        if i - start > MAX_TOKEN:
+            return -1
+        for j in range(i - start):
+            buf[j] = s[start + j]
+        buf[i - start] = 0
+        out[0] = strtod(buf, &end)
+        if end != buf + (i - start):
+            return -1
+    else:
+        out[0] = <double>mant / _POW10[scale]
+        if neg:
+            out[0] = -out[0]
+    if quoted:
+        if i >= n or s[i] != c'"':
+            return -1
+        i += 1
+    return i
+
+
+cdef Py_ssize_t _parse(const char* s, Py_ssize_t n, double* out, Py_ssize_t cap,
+                       Py_ssize_t* err_pos) noexcept nogil:
+    """Fill ``out`` with (price, size) pairs; return the count, or a negative error code."""
+    cdef Py_ssize_t i = _skip_ws(s, 0, n)
+    cdef Py_ssize_t count = 0
+    cdef double px, sz
+    if i >= n or s[i] != c'[':
+        err_pos[0] = i
+        return -1
+    i = _skip_ws(s, i + 1, n)
+    if i < n and s[i] == c']':
+        i = _skip_ws(s, i + 1, n)
+        err_pos[0] = i
+        return 0 if i == n else -1
+    while True:
+        if i >= n or s[i] != c'[':
+            err_pos[0] = i
+            return -1
+        i = _number(s, _skip_ws(s, i + 1, n), n, &px)
+        if i < 0:
+            return -1
+        i = _skip_ws(s, i, n)
+        if i >= n or s[i] != c',':
+            err_pos[0] = i
+            return -1
+        i = _number(s, _skip_ws(s, i + 1, n), n, &sz)
+        if i < 0:
+            return -1
+        i = _skip_ws(s, i, n)
+        if i >= n or s[i] != c']':
+            err_pos[0] = i
+            return -1
+        if not (isfinite(px) and isfinite(sz)) or px <= 0.0 or sz < 0.0:
+            err_pos[0] = i
+            return -2
+        if count >= cap:
+            return -3
+        out[2 * count] = px
+        out[2 * count + 1] = sz
+        count += 1
+        i = _skip_ws(s, i + 1, n)
+        if i < n and s[i] == c',':
+            i = _skip_ws(s, i + 1, n)
+            continue
+        if i < n and s[i] == c']':
+            i = _skip_ws(s, i + 1, n)
+            if i != n:
+                err_pos[0] = i
+                return -1
+            return count
+        err_pos[0] = i
+        return -1
+
+
+def max_levels(str text):
+    """An upper bound on the levels ``text`` can hold (each needs at least 5 characters)."""
+    return len(text) // 5 + 1
+
+
+def parse_levels(str text, cnp.ndarray out, Py_ssize_t offset=0):
+    """Parse ``text`` into rows ``out[offset:offset+k]`` of a float64 ``(cap, 2)`` array.
+
+    Returns ``k``. Raises :class:`LevelsFormatError` on malformed text, a non-finite
+    number, a non-positive price or a negative size, and :class:`ValueError` when
+    ``out`` has fewer than ``k`` free rows (size it with :func:`max_levels`).
+    """
+    cdef Py_ssize_t n = 0
+    cdef Py_ssize_t err_pos = -1
+    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+    if (cnp.PyArray_TYPE(out) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(out) != 2
+            or cnp.PyArray_DIM(out, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(out)):
+        raise TypeError("out must be a C-contiguous float64 array of shape (cap, 2)")
+    cdef Py_ssize_t cap = cnp.PyArray_DIM(out, 0) - offset
+    if offset < 0 or cap < 0:
+        raise ValueError("offset outside the buffer")
+    cdef double* base = <double*>cnp.PyArray_DATA(out) + 2 * offset
+    cdef Py_ssize_t count
+    with nogil:
+        count = _parse(s, n, base, cap, &err_pos)
+    if count >= 0:
+        return count
+    if count == -2:
+        raise LevelsFormatError(
+            f"invalid level ending at offset {err_pos}: "
+            "price must be > 0 and size >= 0, both finite"
+        )
+    if count == -3:
+        raise ValueError("level buffer too small; size it with max_levels()")
+    where = f" at offset {err_pos}" if err_pos >= 0 else ""
+    raise LevelsFormatError(f"malformed level list{where}: expected [[price, size], ...]")
+
+
+# ---------------------------------------------------------------- timestamps
+
+cdef inline int _digits(const char* s, Py_ssize_t i, int count) noexcept nogil:
+    cdef int v = 0
+    cdef int k
+    for k in range(count):
+        if not (c'0' <= s[i + k] <= c'9'):
+            return -1
+        v = v * 10 + (s[i + k] - c'0')
+    return v
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
+    # Howard Hinnant's algorithm: days since 1970-01-01 in the proleptic Gregorian calendar.
+    y -= m <= 2
+    cdef int64_t era = (y if y >= 0 else y - 399) // 400
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef int[13] _MONTH_DAYS = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+def parse_rfc3339_ns(str text):
+    """``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` as integer ns since the epoch.
+
+    Up to 9 fraction digits; ``t``/``z`` in lower case and a space separator are accepted.
+    Raises ``ValueError`` naming the problem otherwise.
+    """
+    cdef Py_ssize_t n = 0
+    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+    cdef int year, month, day, hour, minute, second, oh, om
+    cdef int64_t frac = 0
+    cdef int fdigits = 0
+    cdef Py_ssize_t i = 19
+    cdef int64_t offset = 0
+    if n < 20 or s[4] != c'-' or s[7] != c'-' or s[13] != c':' or s[16] != c':' or not (
+            s[10] == c'T' or s[10] == c't' or s[10] == c' '):
+        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+    year = _digits(s, 0, 4)
+    month = _digits(s, 5, 2)
+    day = _digits(s, 8, 2)
+    hour = _digits(s, 11, 2)
+    minute = _digits(s, 14, 2)
+    second = _digits(s, 17, 2)
+    if min(year, month, day, hour, minute, second) < 0:
+        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+    if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month] and hour <= 23
+            and minute <= 59 and second <= 59):
+        raise ValueError(f"date or time out of range in timestamp {text[:40]!r}")
+    if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+        raise ValueError(f"date out of range in timestamp {text[:40]!r}")
+    if s[i] == c'.':
+        i += 1
+        while i < n and c'0' <= s[i] <= c'9':
+            if fdigits == 9:
+                raise ValueError(f"more than 9 fraction digits in timestamp {text[:40]!r}")
+            frac = frac * 10 + (s[i] - c'0')
+            fdigits += 1
+            i += 1
+        if fdigits == 0:
+            raise ValueError(f"empty fraction in timestamp {text[:40]!r}")
+        while fdigits < 9:
+            frac *= 10
+            fdigits += 1
+    if i < n and (s[i] == c'Z' or s[i] == c'z'):
+        i += 1
+    elif i + 6 == n and (s[i] == c'+' or s[i] == c'-') and s[i + 3] == c':':
+        oh = _digits(s, i + 1, 2)
+        om = _digits(s, i + 4, 2)
+        if oh < 0 or om < 0 or oh > 23 or om > 59:
+            raise ValueError(f"bad UTC offset in timestamp {text[:40]!r}")
+        offset = (oh * 3600 + om * 60) * (1 if s[i] == c'+' else -1)
+        i += 6
+    else:
+        raise ValueError(f"timestamp needs a Z or +HH:MM offset: {text[:40]!r}")
+    if i != n:
+        raise ValueError(f"trailing characters in timestamp {text[:40]!r}")
+    cdef int64_t secs = (_days_from_civil(year, month, day) * 86400
+                         + hour * 3600 + minute * 60 + second - offset)
+    return secs * 1_000_000_000 + frac

@@ -1,0 +1,1 @@
+"""Recorded market data: readers, converters and the event-array format."""

@@ -1,0 +1,1 @@
+"""Trading logic around the compiled core."""

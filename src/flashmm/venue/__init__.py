@@ -1,0 +1,1 @@
+"""Everything that talks to a venue: wire protocol, feed, order gateway, simulator."""
