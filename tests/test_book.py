@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flashmm.data.binance import (
-    BinanceBookSync,
     BookTicker,
     DepthSnapshot,
     DepthUpdate,
     LineError,
+    apply_depth,
+    in_sync_order,
     infer_increments,
     iter_capture,
 )
@@ -366,16 +367,13 @@ def test_book_matches_reference_on_random_streams(ops: list) -> None:
 def replay(path: Path) -> tuple[OrderBook, list[int], int, int]:
     tick, lot = infer_increments(path)
     book = OrderBook(tick, lot)
-    sync = BinanceBookSync(book)
     statuses: list[int] = []
     matched = mismatched = 0
-    for msg in iter_capture(path):
+    for msg in in_sync_order(iter_capture(path)):
         assert not isinstance(msg, LineError), msg
-        if isinstance(msg, DepthSnapshot):
-            statuses.extend(status for _, status in sync.on_snapshot(msg))
-        elif isinstance(msg, DepthUpdate):
-            statuses.append(sync.on_depth(msg))
-        elif isinstance(msg, BookTicker) and sync.synced and msg.update_id == book.sequence:
+        if isinstance(msg, DepthSnapshot | DepthUpdate):
+            statuses.append(apply_depth(book, msg))
+        elif isinstance(msg, BookTicker) and book.is_valid and msg.update_id == book.sequence:
             expected = (
                 round(msg.bid / tick),
                 round(msg.bid_qty / lot),

@@ -5,18 +5,17 @@ A capture is text (optionally gzip), one message per line:
 ``{"stream": ..., "data": ...}``; the REST depth snapshot is the bare response body.
 This is the format of the hftbacktest sample data (spot, USDⓈ-M and COIN-M).
 
-:class:`BinanceBookSync` follows Binance's documented order-book procedure: buffer
-depth events until the snapshot, drop the ones it already contains, require the
-first applied event to straddle it, then require an unbroken chain
-(spot ``U == prev_u + 1``, futures ``pu == prev_u``). A broken chain is reported by
-the book as GAP and is never patched.
+Binance's documented order-book procedure is split in two: :func:`in_sync_order`
+holds depth events back until the snapshot, and the book's own sequencing rules do
+the rest (drop what the snapshot contains, require the first event to straddle it,
+then an unbroken chain: spot ``U == prev_u + 1``, futures ``pu == prev_u``; see
+:func:`apply_depth`). A broken chain is reported by the book as GAP, never patched.
 """
 
 from __future__ import annotations
 
 import gzip
-import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,8 +23,9 @@ from typing import IO
 import msgspec
 import numpy as np
 
-from flashmm._core.book import GAP, UNSYNCED, OrderBook
+from flashmm._core.book import OrderBook
 from flashmm._core.wire import LevelsFormatError, max_levels, parse_levels
+from flashmm.data.increments import IncrementError, infer_increment
 
 
 class CaptureFormatError(ValueError):
@@ -194,74 +194,58 @@ def iter_capture(path: str | Path) -> Iterator[Message | LineError]:
                 yield msg
 
 
-_DECIMALS = re.compile(rb'"\d+\.(\d*?)0*"')
-
-
 def infer_increments(path: str | Path, max_lines: int = 2000) -> tuple[float, float]:
-    """Tick and lot size implied by the most decimals seen in level prices and sizes.
+    """Tick and lot size implied by the depth levels among the first ``max_lines`` lines.
 
-    Reads depth messages (snapshot first if the capture has one) among the first
-    ``max_lines`` lines; raises :class:`CaptureFormatError` if there are none.
+    Raises :class:`CaptureFormatError` when those lines hold no depth levels.
     """
-    price_dp = size_dp = -1
-    decoder = CaptureDecoder()
-    with open_capture(path) as stream:
-        for k, line in enumerate(stream):
-            if k >= max_lines:
-                break
-            try:
-                msg = decoder.decode_line(line)
-            except CaptureFormatError:
-                continue
-            if not isinstance(msg, DepthUpdate | DepthSnapshot):
-                continue
-            body = line.partition(b" ")[2]
-            for pair in re.finditer(rb'\["([0-9.]+)","([0-9.]+)"\]', body):
-                price_dp = max(price_dp, _decimals(pair.group(1)))
-                size_dp = max(size_dp, _decimals(pair.group(2)))
-    if price_dp < 0:
-        raise CaptureFormatError(f"{path}: no depth levels in the first {max_lines} lines")
-    return 10.0**-price_dp, 10.0**-size_dp
+    prices: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    for k, msg in enumerate(iter_capture(path)):
+        if k >= max_lines:
+            break
+        if isinstance(msg, DepthUpdate | DepthSnapshot):
+            for side in (msg.bids, msg.asks):
+                prices.append(side[:, 0])
+                sizes.append(side[:, 1])
+    try:
+        return (
+            infer_increment(np.concatenate(prices or [np.empty(0)]), "prices"),
+            infer_increment(np.concatenate(sizes or [np.empty(0)]), "sizes"),
+        )
+    except IncrementError as exc:
+        raise CaptureFormatError(f"{path}: {exc} in the first {max_lines} lines") from None
 
 
-def _decimals(number: bytes) -> int:
-    _, _, frac = number.partition(b".")
-    return len(frac.rstrip(b"0"))
+def in_sync_order(messages: Iterable[Message | LineError]) -> Iterator[Message | LineError]:
+    """Messages in the order a book must apply them.
 
-
-class BinanceBookSync:
-    """Drive an :class:`OrderBook` from a capture's depth messages, by Binance's rules.
-
-    Feed it every message in arrival order. Until the first snapshot, depth events
-    are buffered; afterwards each is applied and its book status returned.
+    Depth events that arrive before the first snapshot are held back and released
+    right after it; the book then drops those the snapshot already contains (STALE)
+    and checks the first one straddles it. If no snapshot ever comes, the held events
+    are never released.
     """
+    held: list[DepthUpdate] | None = []
+    for msg in messages:
+        if held is not None:
+            if isinstance(msg, DepthUpdate):
+                held.append(msg)
+                continue
+            if isinstance(msg, DepthSnapshot):
+                yield msg
+                yield from held
+                held = None
+                continue
+        yield msg
 
-    def __init__(self, book: OrderBook, *, futures: bool | None = None) -> None:
-        self.book = book
-        self.futures = futures  # decided from the first depth event when None
-        self._pending: list[DepthUpdate] = []
-        self.synced = False
-        self.gaps = 0
 
-    def on_snapshot(self, snap: DepthSnapshot) -> list[tuple[DepthUpdate, int]]:
-        """Apply the snapshot, then the buffered events it does not already contain."""
-        self.book.apply_snapshot(snap.bids, snap.asks, snap.last_update_id)
-        self.synced = True
-        pending, self._pending = self._pending, []
-        return [(ev, self.on_depth(ev)) for ev in pending]
+def apply_depth(book: OrderBook, msg: DepthSnapshot | DepthUpdate) -> int:
+    """Apply a snapshot or depth event by Binance's chaining rule; returns the book status.
 
-    def on_depth(self, ev: DepthUpdate) -> int:
-        """Apply one depth event; returns a :class:`~flashmm._core.book.BookStatus`.
-
-        Before the first snapshot the event is buffered and UNSYNCED is returned.
-        """
-        if self.futures is None:
-            self.futures = ev.prev_last_id >= 0
-        if not self.synced:
-            self._pending.append(ev)
-            return UNSYNCED
-        first = ev.prev_last_id + 1 if self.futures else ev.first_id
-        status = self.book.apply_delta(ev.bids, ev.asks, ev.last_id, first)
-        if status == GAP:
-            self.gaps += 1
-        return status
+    Spot events chain by ``U == prev_u + 1``, futures events by ``pu == prev_u``: both
+    become the book's ``first_sequence``.
+    """
+    if isinstance(msg, DepthSnapshot):
+        return book.apply_snapshot(msg.bids, msg.asks, msg.last_update_id)
+    first = msg.prev_last_id + 1 if msg.prev_last_id >= 0 else msg.first_id
+    return book.apply_delta(msg.bids, msg.asks, msg.last_id, first)
