@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flashmm import __version__
 
@@ -24,6 +31,119 @@ def _root() -> None:
 def version() -> None:
     """Print the installed version."""
     typer.echo(__version__)
+
+
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def replay(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="Recorded feed(s), replayed in order."
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="CSV file to write (default: stdout).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto, binance (capture) or frames (venue frames).")
+    ] = "auto",
+    tick_size: Annotated[
+        float | None, typer.Option(help="Price increment; inferred from the data if omitted.")
+    ] = None,
+    lot_size: Annotated[
+        float | None, typer.Option(help="Size increment; inferred from the data if omitted.")
+    ] = None,
+    market: Annotated[
+        str | None, typer.Option(help="Market to replay from venue frames (default: first seen).")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model file (default: the packaged model).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Run a recorded feed through codec, book, features, model and quoting; write CSV.
+
+    One row per applied book update: recv_ns, sequence, best bid/ask and sizes, mid,
+    predicted direction and confidence, expected move (bps) and the proposed quotes.
+    """
+    from flashmm._core.model import Model, ModelFileError
+    from flashmm.backtest.replay import FeedFormat, ReplayError
+    from flashmm.backtest.replay import replay as run_replay
+
+    try:
+        feed_format = FeedFormat(fmt)
+    except ValueError:
+        raise _fail(f"--format must be one of: {', '.join(f.value for f in FeedFormat)}") from None
+    for name, value in (("--tick-size", tick_size), ("--lot-size", lot_size)):
+        if value is not None and not value > 0:
+            raise _fail(f"{name} must be a positive number, got {value}")
+    try:
+        loaded = Model.load(model) if model is not None else Model.load_default()
+    except ModelFileError as exc:
+        raise _fail(str(exc)) from None
+
+    total = sum(f.stat().st_size for f in files)
+    show = progress and _err.is_terminal
+    bar = Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=_err,
+        disable=not show,
+    )
+    done_before = 0
+    last_file_bytes = 0
+
+    def on_progress(file_bytes: int) -> None:
+        nonlocal done_before, last_file_bytes
+        if file_bytes < last_file_bytes:  # the next file started
+            done_before += last_file_bytes
+        last_file_bytes = file_bytes
+        bar.update(task, completed=done_before + file_bytes)
+
+    out = output.open("w", newline="") if output is not None else sys.stdout
+    started = time.perf_counter()
+    try:
+        with bar:
+            task = bar.add_task("replay", total=total)
+            report = run_replay(
+                list(files),
+                out,
+                fmt=feed_format,
+                tick_size=tick_size,
+                lot_size=lot_size,
+                market=market,
+                model=loaded,
+                on_progress=on_progress,
+            )
+    except ReplayError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        if output is not None:
+            out.close()
+    elapsed = time.perf_counter() - started
+
+    for bad in report.first_bad_lines:
+        _err.print(f"[yellow]skipped[/] {bad}", highlight=False, markup=True)
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items()))
+    _err.print(
+        f"{report.market}: tick {report.tick_size:g}, lot {report.lot_size:g}; "
+        f"{report.rows} rows, {report.trades} trades, book statuses: {statuses or 'none'}; "
+        f"{report.bad_lines} unreadable lines skipped; {elapsed:.2f} s",
+        highlight=False,
+    )
+    if report.other_markets:
+        others = ", ".join(f"{k} ({v})" for k, v in report.other_markets.most_common())
+        _err.print(f"events of other markets ignored: {others}", highlight=False)
 
 
 def main() -> None:

@@ -10,8 +10,16 @@ Units: prices in ticks (a mid is a float number of ticks), sizes in lots, times 
 Ring buffers keep the newest ``capacity`` entries. When one is full the oldest entry is
 overwritten and every window uses what is left: a return whose horizon reaches further
 back than the oldest kept mid is 0 (as with a short history), and a trade window that
-the ring no longer covers in full counts only the trades still there. Size the rings for
-the busiest feed over the longest window (5 s).
+the ring no longer covers in full counts only the trades still there.
+
+The mid ring keeps at most one entry per ``MID_BUCKET_NS`` (1 ms) bucket of time: a mid
+in the same bucket as the newest entry replaces it (price and time). So the default 8192
+entries always span at least 8 s, however fast the book updates, and a past mid is at
+most 1 ms stale, never from the future. Trades are not merged (the counts are features):
+the default trade ring holds 4096, i.e. the 5 s window is complete up to ~800 trades/s.
+The volatility EWMA sees every mid.
+
+All-zero arrays are a valid empty state, so the engine may allocate them itself.
 
 Timestamps are kept non-decreasing: a push older than the newest entry is stored with the
 newest entry's time. A venue or clock that steps back a little must not break the ordering
@@ -76,7 +84,10 @@ FLOW_1S_NS = 1_000_000_000
 FLOW_5S_NS = 5_000_000_000
 IMBALANCE_DEEP_LEVELS = 5
 
-DEFAULT_MID_CAPACITY = 4096
+# One ring entry per bucket of this length (see the module docstring).
+MID_BUCKET_NS = 1_000_000
+
+DEFAULT_MID_CAPACITY = 8192
 DEFAULT_TRADE_CAPACITY = 4096
 DEFAULT_VOL_HALFLIFE_S = 10.0
 
@@ -94,7 +105,10 @@ def push_mid(
     vol_state: np.ndarray,
     vol_halflife_s: float,
 ) -> None:
-    """Append a mid (ticks) at ``ts`` and fold its log return into the EWMA variance.
+    """Record a mid (ticks) at ``ts`` and fold its log return into the EWMA variance.
+
+    The mid goes into a new ring entry, or replaces the newest one if both fall in the
+    same ``MID_BUCKET_NS`` bucket.
 
     v <- v * exp(-dt/tau) + r*r/tau with r in bps and tau = halflife/ln 2, so v is a
     kernel-weighted realized variance per second and sqrt(v) is bps per sqrt(second).
@@ -105,15 +119,20 @@ def push_mid(
     cap = mid_ts.shape[0]
     head = ring_meta[RM_MID_HEAD]
     count = ring_meta[RM_MID_COUNT]
+    slot = head
     if count > 0:
-        newest = mid_ts[(head - 1) % cap]
+        last = (head - 1) % cap
+        newest = mid_ts[last]
         if ts < newest:
             ts = newest
-    mid_ts[head] = ts
-    mid_px[head] = mid
-    ring_meta[RM_MID_HEAD] = (head + 1) % cap
-    if count < cap:
-        ring_meta[RM_MID_COUNT] = count + 1
+        if ts // MID_BUCKET_NS == newest // MID_BUCKET_NS:
+            slot = last
+    mid_ts[slot] = ts
+    mid_px[slot] = mid
+    if slot == head:
+        ring_meta[RM_MID_HEAD] = (head + 1) % cap
+        if count < cap:
+            ring_meta[RM_MID_COUNT] = count + 1
 
     last_mid = vol_state[VS_LAST_MID]
     if last_mid > 0.0:
@@ -232,8 +251,12 @@ def compute_features(
         out[F_RET_100MS_BPS] = _ret_bps(
             mid, _mid_at(now_ns - RET_100MS_NS, mid_ts, mid_px, mhead, mcount)
         )
-        out[F_RET_1S_BPS] = _ret_bps(mid, _mid_at(now_ns - RET_1S_NS, mid_ts, mid_px, mhead, mcount))
-        out[F_RET_5S_BPS] = _ret_bps(mid, _mid_at(now_ns - RET_5S_NS, mid_ts, mid_px, mhead, mcount))
+        out[F_RET_1S_BPS] = _ret_bps(
+            mid, _mid_at(now_ns - RET_1S_NS, mid_ts, mid_px, mhead, mcount)
+        )
+        out[F_RET_5S_BPS] = _ret_bps(
+            mid, _mid_at(now_ns - RET_5S_NS, mid_ts, mid_px, mhead, mcount)
+        )
     else:
         out[F_RET_100MS_BPS] = 0.0
         out[F_RET_1S_BPS] = 0.0

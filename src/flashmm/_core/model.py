@@ -172,8 +172,7 @@ def _feature_names_problem(names: list[str]) -> str | None:
         else:
             first = next(i for i, (a, b) in enumerate(zip(names, expected, strict=True)) if a != b)
             parts.append(
-                f"order differs: position {first} is {names[first]!r}, "
-                f"expected {expected[first]!r}"
+                f"order differs: position {first} is {names[first]!r}, expected {expected[first]!r}"
             )
     return "; ".join(parts) + f" (expected exactly {expected})"
 
@@ -181,8 +180,10 @@ def _feature_names_problem(names: list[str]) -> str | None:
 def _array(source: str, field: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
     try:
         arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{source}: field {field!r}: not a numeric array ({exc})") from None
+    except (TypeError, ValueError):
+        raise ModelFileError(
+            f"{source}: field {field!r}: not a rectangular array of numbers"
+        ) from None
     if arr.shape != shape:
         raise ModelFileError(f"{source}: field {field!r}: expected shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
@@ -217,7 +218,10 @@ class Model:
         self.mean: np.ndarray = _array(source, "mean", mean, (f,))
         self.std: np.ndarray = _array(source, "std", std, (f,))
         if np.any(self.std < 0.0):
-            raise ModelFileError(f"{source}: field 'std': negative standard deviation")
+            bad = np.flatnonzero(self.std < 0.0).tolist()
+            raise ModelFileError(
+                f"{source}: field 'std': negative standard deviation at index {bad}"
+            )
         self.weights: np.ndarray = _array(source, "weights", weights, (N_CLASSES, f))
         self.intercepts: np.ndarray = _array(source, "intercepts", intercepts, (N_CLASSES,))
         self.move_weights: np.ndarray = _array(source, "move_weights", move_weights, (f,))
@@ -303,9 +307,7 @@ class Model:
             raise ModelFileError(f"{source}: not a valid model file: {exc}") from None
         if header.format != MODEL_FORMAT:
             got = "nothing" if header.format is None else repr(header.format)
-            raise ModelFileError(
-                f"{source}: field 'format': expected {MODEL_FORMAT!r}, got {got}"
-            )
+            raise ModelFileError(f"{source}: field 'format': expected {MODEL_FORMAT!r}, got {got}")
         if header.schema_version != SCHEMA_VERSION or isinstance(header.schema_version, bool):
             raise ModelFileError(
                 f"{source}: field 'schema_version': unsupported schema version "

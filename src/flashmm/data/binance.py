@@ -14,11 +14,9 @@ then an unbroken chain: spot ``U == prev_u + 1``, futures ``pu == prev_u``; see
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import msgspec
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 from flashmm._core.book import OrderBook
 from flashmm._core.wire import LevelsFormatError, max_levels, parse_levels
 from flashmm.data.increments import IncrementError, infer_increment
+from flashmm.data.lines import read_lines
 
 
 class CaptureFormatError(ValueError):
@@ -170,28 +169,19 @@ class CaptureDecoder:
             raise CaptureFormatError(str(exc)) from None
 
 
-def open_capture(path: str | Path) -> IO[bytes]:
-    """Open a capture for binary reading, transparently un-gzipping ``.gz`` files."""
-    path = Path(path)
-    with path.open("rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
-
-
-def iter_capture(path: str | Path) -> Iterator[Message | LineError]:
+def iter_capture(
+    path: str | Path, on_progress: Callable[[int], None] | None = None
+) -> Iterator[Message | LineError]:
     """Messages of a capture in arrival order; unreadable lines come as :class:`LineError`."""
     decoder = CaptureDecoder()
-    with open_capture(path) as stream:
-        for line_no, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                msg = decoder.decode_line(line)
-            except CaptureFormatError as exc:
-                yield LineError(line_no, str(exc))
-                continue
-            if msg is not None:
-                yield msg
+    for line_no, line in read_lines(path, on_progress):
+        try:
+            msg = decoder.decode_line(line)
+        except CaptureFormatError as exc:
+            yield LineError(line_no, str(exc))
+            continue
+        if msg is not None:
+            yield msg
 
 
 def infer_increments(path: str | Path, max_lines: int = 2000) -> tuple[float, float]:

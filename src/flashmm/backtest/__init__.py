@@ -1,0 +1,1 @@
+"""Replaying recorded markets through the same code that trades."""
