@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flashmm._core.book import OrderBook
 
+from flashmm._core.book import OrderBook
 from flashmm.data.binance import (
     DepthSnapshot,
     DepthUpdate,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flashmm._core.book import BookStatus, OrderBook
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flashmm._core.book import BookStatus, OrderBook
 from flashmm.data.binance import (
     BookTicker,
     DepthSnapshot,
