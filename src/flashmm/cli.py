@@ -33,7 +33,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> typer.Exit:
