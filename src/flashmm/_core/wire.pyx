@@ -40,19 +40,37 @@ cdef inline Py_ssize_t _skip_ws(const char* s, Py_ssize_t i, Py_ssize_t n) noexc
     return i
 
 
+cdef inline Py_ssize_t _digit_run(const char* s, Py_ssize_t i, Py_ssize_t n,
+                                  uint64_t* mant) noexcept nogil:
+    """Accumulate the digits at ``s[i]`` into ``mant``; return the index after them."""
+    cdef unsigned int d
+    cdef uint64_t m = mant[0]
+    while i < n:
+        d = <unsigned char>s[i] - 48  # '0'
+        if d > 9:
+            break
+        m = m * 10 + d
+        i += 1
+    mant[0] = m
+    return i
+
+
 cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out) noexcept nogil:
-    """Parse one (optionally quoted) decimal at ``s[i]``; return the index after it, or -1."""
+    """Parse one (optionally quoted) decimal at ``s[i]``; return the index after it, or -1.
+
+    The common case (at most 19 digits, no exponent) is one pass over the digits; the
+    value is exact when the mantissa fits 53 bits, otherwise ``strtod`` decides.
+    """
     cdef bint quoted = False
-    cdef Py_ssize_t start, j
     cdef bint neg = False
-    cdef uint64_t mant = 0
-    cdef int digits = 0
-    cdef int scale = 0
-    cdef bint seen_dot = False
     cdef bint slow = False
+    cdef uint64_t mant = 0
+    cdef Py_ssize_t start, int_start, int_end, k
+    cdef Py_ssize_t frac_start = 0
+    cdef Py_ssize_t frac_end = -1
+    cdef Py_ssize_t scale, ndigits
     cdef char[MAX_TOKEN + 1] buf
     cdef char* end
-    cdef char c
     if i < n and s[i] == c'"':
         quoted = True
         i += 1
@@ -60,44 +78,34 @@ cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out) 
     if i < n and s[i] == c'-':
         neg = True
         i += 1
-    j = i
-    while i < n:
-        c = s[i]
-        if c'0' <= c <= c'9':
-            if mant != 0 or c != c'0':
-                digits += 1
-            if digits <= 15:
-                mant = mant * 10 + <uint64_t>(c - c'0')
-                if seen_dot:
-                    scale += 1
-            else:
-                slow = True
+    int_start = i
+    i = _digit_run(s, i, n, &mant)
+    int_end = i
+    if i < n and s[i] == c'.':
+        i += 1
+        frac_start = i
+        i = _digit_run(s, i, n, &mant)
+        frac_end = i
+        if frac_end == frac_start and int_end == int_start:
+            return -1  # a lone "."
+    elif int_end == int_start:
+        return -1  # no digits at all
+    if i < n and (s[i] == c'e' or s[i] == c'E'):
+        slow = True
+        i += 1
+        if i < n and (s[i] == c'+' or s[i] == c'-'):
             i += 1
-        elif c == c'.' and not seen_dot:
-            seen_dot = True
+        if i >= n or not (c'0' <= s[i] <= c'9'):
+            return -1
+        while i < n and c'0' <= s[i] <= c'9':
             i += 1
-        elif c == c'e' or c == c'E':
-            slow = True
-            i += 1
-            if i < n and (s[i] == c'+' or s[i] == c'-'):
-                i += 1
-            if i >= n or not (c'0' <= s[i] <= c'9'):
-                return -1
-            while i < n and c'0' <= s[i] <= c'9':
-                i += 1
-            break
-        else:
-            break
-    # at least one digit, and not a lone "." or "-"
-    if i == j or (i == j + 1 and s[j] == c'.'):
-        return -1
-    if not (c'0' <= s[j] <= c'9') and not (s[j] == c'.' and j + 1 < i and c'0' <= s[j + 1] <= c'9'):
-        return -1
-    if slow or scale > 22:
+    scale = frac_end - frac_start if frac_end >= 0 else 0
+    ndigits = (int_end - int_start) + scale
+    if slow or ndigits > 19 or scale > 22 or mant > 9007199254740992ULL:
         if i - start > MAX_TOKEN:
             return -1
-        for j in range(i - start):
-            buf[j] = s[start + j]
+        for k in range(i - start):
+            buf[k] = s[start + k]
         buf[i - start] = 0
         out[0] = strtod(buf, &end)
         if end != buf + (i - start):

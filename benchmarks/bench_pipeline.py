@@ -1,0 +1,121 @@
+"""The decision path: one tick of features + prediction + quote, and frame bytes -> quote.
+
+Targets (issue: compiled hot path): features + prediction + quote for one tick,
+median <= 5 µs; the whole path from frame bytes to quote decision over a replay of real
+data, p99 <= 25 µs (p50, p99 and p99.9 reported).
+
+    pytest benchmarks/bench_pipeline.py --benchmark-enable --benchmark-only
+    python benchmarks/bench_pipeline.py        # per-frame latency percentiles only
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from flashmm.data.binance import infer_increments
+from flashmm.data.frames import binance_to_frames
+from flashmm.engine.pipeline import MarketPipeline
+from flashmm.venue.protocol import BookUpdate, FrameDecoder, Notification, Trade
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "binance"
+FEEDS = {
+    "spot": DATA / "spot_btcusdt_20240808_head12k.gz",
+    "usdm": DATA / "usdm_btcusdt_20240808_head10k.gz",
+}
+
+
+class Feed(NamedTuple):
+    tick: float
+    lot: float
+    frames: list[tuple[int, bytes]]
+
+
+def load_feed(name: str) -> Feed:
+    tick, lot = infer_increments(FEEDS[name])
+    return Feed(tick, lot, list(binance_to_frames([FEEDS[name]], "BTC/USDT", tick, lot)))
+
+
+def run_frame(decoder: FrameDecoder, pipe: MarketPipeline, recv_ns: int, frame: bytes) -> None:
+    """What the engine does with one frame off the socket, up to the quote decision."""
+    msg = decoder.decode(frame)
+    if isinstance(msg, Notification):
+        for ev in msg.events:
+            if isinstance(ev, BookUpdate):
+                pipe.apply_book_update(recv_ns, ev.is_snapshot, ev.bids, ev.asks, ev.sequence)
+            elif isinstance(ev, Trade):
+                pipe.on_trade(recv_ns, ev.size, ev.side)
+
+
+def frame_latencies(feed: Feed) -> np.ndarray:
+    """Per-frame wall time in ns for a full replay (fresh pipeline, kernels warmed)."""
+    pipe = MarketPipeline(feed.tick, feed.lot)
+    pipe.warm_up()
+    decoder = FrameDecoder()
+    out = np.empty(len(feed.frames), dtype=np.int64)
+    clock = time.perf_counter_ns
+    for k, (recv_ns, frame) in enumerate(feed.frames):
+        t0 = clock()
+        run_frame(decoder, pipe, recv_ns, frame)
+        out[k] = clock() - t0
+    assert pipe.book.is_valid
+    return out
+
+
+def percentiles(ns: np.ndarray) -> dict[str, float]:
+    p50, p99, p999 = np.percentile(ns, [50, 99, 99.9])
+    return {"p50_us": p50 / 1e3, "p99_us": p99 / 1e3, "p99.9_us": p999 / 1e3, "frames": len(ns)}
+
+
+@pytest.fixture(scope="module")
+def warmed_pipeline() -> tuple[MarketPipeline, int]:
+    """A pipeline whose rings and book hold a real minute and a half of market."""
+    feed = load_feed("spot")
+    pipe = MarketPipeline(feed.tick, feed.lot)
+    pipe.warm_up()
+    decoder = FrameDecoder()
+    for recv_ns, frame in feed.frames:
+        run_frame(decoder, pipe, recv_ns, frame)
+    return pipe, feed.frames[-1][0]
+
+
+def test_decide_one_tick(benchmark, warmed_pipeline) -> None:
+    """Features + prediction + quote from the current book: one fused jitted call."""
+    pipe, now = warmed_pipeline
+    clock = itertools.count(now, 1_000_000)
+    mid = benchmark(lambda: pipe.decide(next(clock)))
+    assert mid == pipe.book.mid
+
+
+@pytest.mark.parametrize("feed", ["spot", "usdm"])
+def test_full_path_frame_bytes_to_quote(benchmark, feed: str) -> None:
+    """Every frame of a real-data replay: decode, book apply, features, model, quote."""
+    data = load_feed(feed)
+    result: dict[str, float] = {}
+
+    def replay() -> None:
+        result.update(percentiles(frame_latencies(data)))
+
+    benchmark.pedantic(replay, rounds=3, iterations=1)
+    benchmark.extra_info.update(result)
+    assert result["frames"] == len(data.frames)
+
+
+def main() -> None:
+    for feed in FEEDS:
+        data = load_feed(feed)
+        frame_latencies(data)  # one pass to settle caches and allocator
+        stats = percentiles(frame_latencies(data))
+        print(
+            f"{feed}: {stats['frames']:.0f} frames  p50 {stats['p50_us']:.2f} µs  "
+            f"p99 {stats['p99_us']:.2f} µs  p99.9 {stats['p99.9_us']:.2f} µs"
+        )
+
+
+if __name__ == "__main__":
+    main()
