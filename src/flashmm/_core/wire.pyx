@@ -242,6 +242,7 @@ def parse_rfc3339_ns(str text):
     """``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` as integer ns since the epoch.
 
     Up to 9 fraction digits; ``t``/``z`` in lower case and a space separator are accepted.
+    Years 1678-2261 only (the int64 nanosecond range, with whole years).
     Raises ``ValueError`` naming the problem otherwise.
     """
     cdef Py_ssize_t n = 0
@@ -265,6 +266,9 @@ def parse_rfc3339_ns(str text):
     if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month] and hour <= 23
             and minute <= 59 and second <= 59):
         raise ValueError(f"date or time out of range in timestamp {text[:40]!r}")
+    if year < 1678 or year > 2261:
+        # int64 nanoseconds since 1970 span 1677-09-21 .. 2262-04-11
+        raise ValueError(f"timestamp outside years 1678-2261 (int64 ns): {text[:40]!r}")
     if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
         raise ValueError(f"date out of range in timestamp {text[:40]!r}")
     if s[i] == c'.':

@@ -1,0 +1,122 @@
+"""Wire-text scanners: level lists and RFC 3339 timestamps against Python's own parsers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flashmm._core.wire import LevelsFormatError, max_levels, parse_levels, parse_rfc3339_ns
+
+
+def parse(text: str) -> np.ndarray:
+    out = np.zeros((max_levels(text), 2))
+    return out[: parse_levels(text, out)]
+
+
+_decimal = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("1e12"), places=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_decimal, _decimal), max_size=20), st.booleans())
+def test_levels_equal_python_float(levels: list[tuple[Decimal, Decimal]], quoted: bool) -> None:
+    q = '"' if quoted else ""
+    text = "[" + ",".join(f"[{q}{p}{q},{q}{s}{q}]" for p, s in levels) + "]"
+    got = parse(text)
+    assert got.tolist() == [[float(str(p)), float(str(s))] for p, s in levels]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinity=False))
+def test_long_and_exponent_forms_equal_python_float(x: float) -> None:
+    for token in (repr(x), f"{x:.25f}", f"{x:e}"):
+        if len(token) <= 63 and float(token) > 0:  # a zero price is rightly refused
+            assert parse(f'[["{token}","1"]]')[0, 0] == float(token)
+
+
+def test_json_whitespace_and_empty_list() -> None:
+    assert parse(" [ ] ").shape == (0, 2)
+    text = json.dumps([["0.4501", "100"], ["0.45", "0"]], indent=2)
+    assert parse(text).tolist() == [[0.4501, 100.0], [0.45, 0.0]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[",
+        "[[1,2]",
+        "[[1,2],]",
+        '[["1"]]',
+        '[["1","2","3"]]',
+        '[["nan","1"]]',
+        '[["inf","1"]]',
+        '[["0x10","1"]]',
+        '[["1","-1"]]',
+        '[["0","1"]]',
+        '[["-5","1"]]',
+        '[[".","1"]]',
+        '[["-","1"]]',
+        '[["1.2.3","1"]]',
+        '[["1e","1"]]',
+        '[["1","1"]] trailing',
+        '[["1",1"]]',
+        '{"a": 1}',
+    ],
+)
+def test_malformed_levels_raise_levels_format_error(text: str) -> None:
+    with pytest.raises(LevelsFormatError):
+        parse(text)
+
+
+def test_buffer_must_have_room_and_the_right_type() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        parse_levels('[["1","1"],["2","2"]]', np.zeros((1, 2)))
+    with pytest.raises(TypeError):
+        parse_levels('[["1","1"]]', np.zeros((4, 3)))
+    with pytest.raises(TypeError):
+        parse_levels('[["1","1"]]', np.zeros((4, 2), dtype=np.float32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1678, 1, 2), max_value=datetime(2261, 12, 30)),
+    st.integers(0, 999),
+    st.integers(-23 * 60, 23 * 60),
+)
+def test_timestamps_equal_datetime(dt: datetime, nanos: int, offset_min: int) -> None:
+    tz = timezone(timedelta(minutes=offset_min))
+    local = dt.replace(tzinfo=tz)
+    frac = f"{dt.microsecond:06d}{nanos:03d}"
+    off = f"{'+' if offset_min >= 0 else '-'}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    text = local.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac}" + off
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    delta = local - epoch
+    expected = (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000 + nanos
+    assert parse_rfc3339_ns(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-01-01T00:00:00",  # no offset
+        "2024-13-01T00:00:00Z",
+        "2023-02-29T00:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T00:00:00.Z",
+        "2024-01-01T00:00:00.1234567891Z",
+        "2024-01-01T00:00:00+25:00",
+        "2024-01-01T00:00:00Zjunk",
+        "2262-04-11T23:47:16.854775808Z",  # beyond int64 ns
+        "0000-01-01T00:00:00Z",
+        "not a time at all",
+    ],
+)
+def test_bad_timestamps_raise_value_error(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (each case has its own message)
+        parse_rfc3339_ns(text)
