@@ -27,7 +27,7 @@ from flashmm._core.book import OK, BookStatus
 from flashmm._core.model import OUT_CONFIDENCE, OUT_DIRECTION, OUT_MOVE_BPS, Model
 from flashmm._core.quoting import QO_ASK, QO_ASK_SIZE, QO_BID, QO_BID_SIZE
 from flashmm.data import binance
-from flashmm.data.increments import IncrementError, infer_increment
+from flashmm.data.increments import IncrementError, decimals_of, infer_increment
 from flashmm.data.lines import read_lines
 from flashmm.engine.pipeline import MarketPipeline
 from flashmm.venue.protocol import BookUpdate, FrameDecoder, FrameError, Notification, Trade
@@ -138,8 +138,7 @@ def binance_events(
         if isinstance(msg, binance.DepthSnapshot):
             yield BookEvent(msg.recv_ns, True, msg.bids, msg.asks, msg.last_update_id)
         elif isinstance(msg, binance.DepthUpdate):
-            first = msg.prev_last_id + 1 if msg.prev_last_id >= 0 else msg.first_id
-            yield BookEvent(msg.recv_ns, False, msg.bids, msg.asks, msg.last_id, first)
+            yield BookEvent(msg.recv_ns, False, msg.bids, msg.asks, msg.last_id, msg.first_sequence)
         elif isinstance(msg, binance.Trade):
             yield TradeEvent(msg.recv_ns, msg.qty, msg.side)
         elif isinstance(msg, BadLine):
@@ -231,10 +230,6 @@ def frames_market_and_increments(
 # ------------------------------------------------------------------------ replay
 
 
-def _decimals(step: float) -> int:
-    return max(0, math.ceil(-math.log10(step) - 1e-9))
-
-
 def replay(
     paths: list[Path],
     out: TextIO,
@@ -268,7 +263,7 @@ def replay(
 
     pipe = MarketPipeline(tick_size, lot_size, model=model)
     book, pred, quote = pipe.book, pipe.prediction, pipe.quote
-    px_dp, sz_dp = _decimals(tick_size), _decimals(lot_size)
+    px_dp, sz_dp = decimals_of(tick_size), decimals_of(lot_size)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     names = {int(s): s.name for s in BookStatus}

@@ -42,6 +42,12 @@ class DepthUpdate(msgspec.Struct, gc=False):
     bids: np.ndarray
     asks: np.ndarray
 
+    @property
+    def first_sequence(self) -> int:
+        """The id that must follow the book's: spot chains ``U == prev_u + 1``, futures
+        ``pu == prev_u``."""
+        return self.prev_last_id + 1 if self.prev_last_id >= 0 else self.first_id
+
 
 class DepthSnapshot(msgspec.Struct, gc=False):
     """REST ``/depth`` response: the book as of ``last_update_id``."""
@@ -230,12 +236,7 @@ def in_sync_order(messages: Iterable[Message | LineError]) -> Iterator[Message |
 
 
 def apply_depth(book: OrderBook, msg: DepthSnapshot | DepthUpdate) -> int:
-    """Apply a snapshot or depth event by Binance's chaining rule; returns the book status.
-
-    Spot events chain by ``U == prev_u + 1``, futures events by ``pu == prev_u``: both
-    become the book's ``first_sequence``.
-    """
+    """Apply a snapshot or depth event by Binance's chaining rule; returns the book status."""
     if isinstance(msg, DepthSnapshot):
         return book.apply_snapshot(msg.bids, msg.asks, msg.last_update_id)
-    first = msg.prev_last_id + 1 if msg.prev_last_id >= 0 else msg.first_id
-    return book.apply_delta(msg.bids, msg.asks, msg.last_id, first)
+    return book.apply_delta(msg.bids, msg.asks, msg.last_id, msg.first_sequence)

@@ -6,18 +6,13 @@ time in front, as the engine would record it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
 from flashmm._core.book import OK, OrderBook
 from flashmm.data import binance
+from flashmm.data.increments import decimals_of
 from flashmm.venue.protocol import BookUpdate, Trade, encode_notification, format_query
-
-
-def decimals_of(step: float) -> int:
-    """Digits after the point needed to write multiples of ``step`` exactly (0.01 -> 2)."""
-    return max(0, math.ceil(-math.log10(step) - 1e-9))
 
 
 def binance_to_frames(

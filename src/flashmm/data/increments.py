@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MAX_DECIMALS = 12
@@ -26,3 +28,8 @@ def infer_increment(values: np.ndarray, what: str = "values") -> float:
         if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6 + 1e-12 * scaled):
             return float(f"1e-{decimals}")
     raise IncrementError(f"{what} have more than {MAX_DECIMALS} decimals; pass the size explicitly")
+
+
+def decimals_of(step: float) -> int:
+    """Digits after the point needed to write multiples of ``step`` exactly (0.01 -> 2)."""
+    return max(0, math.ceil(-math.log10(step) - 1e-9))
