@@ -4,12 +4,17 @@ cimport numpy as cnp
 
 
 cdef struct Side:
-    # Levels sorted so the best is at index n-1: bids ascending, asks descending.
-    # ``sign`` (+1 bids, -1 asks) turns both into one ascending order on sign*price.
-    int64_t* price
-    int64_t* size
-    Py_ssize_t n
-    Py_ssize_t cap
+    # One side as a sequence of chunks of at most ``_CHUNK`` levels, ordered worst to
+    # best, each sorted ascending on ``key = sign * price`` (``sign`` +1 bids, -1 asks),
+    # so the best level is the last one of the last chunk. An insert or delete moves
+    # levels within one chunk only.
+    int64_t* pool  # block b: keys at pool[2*_CHUNK*b], then its sizes, _CHUNK apart
+    int64_t* lo  # lo[j]: smallest key of chunk j (j = 0 is the worst chunk)
+    Py_ssize_t* blk  # blk[j]: block holding chunk j; blk[m:cap] are the free blocks
+    Py_ssize_t* cnt  # cnt[j]: levels in chunk j, 1.._CHUNK
+    Py_ssize_t m  # chunks in use (0 iff the side is empty)
+    Py_ssize_t cap  # blocks allocated
+    Py_ssize_t n  # levels
     int64_t sign
 
 
@@ -24,20 +29,14 @@ cdef class OrderBook:
     cdef readonly Py_ssize_t depth
     cdef Side _bids
     cdef Side _asks
-    cdef cnp.ndarray _bid_price_arr
-    cdef cnp.ndarray _bid_size_arr
-    cdef cnp.ndarray _ask_price_arr
-    cdef cnp.ndarray _ask_size_arr
+    cdef cnp.ndarray _bid_out
+    cdef cnp.ndarray _ask_out
     cdef cnp.ndarray _scratch_arr
-    cdef cnp.ndarray _top_arr
     cdef readonly cnp.ndarray top
 
-    cdef int _grow(self, Side* side, Py_ssize_t need) except -1
     cdef int _ensure_scratch(self, Py_ssize_t rows) except -1
     cdef int _to_units(self, const double* rows, Py_ssize_t n, int64_t* out) noexcept nogil
-    cdef int _set_level(self, Side* side, int64_t price, int64_t size) except -1
-    cdef int _fill_side(self, Side* side, int64_t* rows, Py_ssize_t n) except -1
     cdef int _check_unique(self, int64_t* rows, Py_ssize_t n, int64_t sign) except -1
-    cdef tuple _view(self, Side* side, cnp.ndarray price, cnp.ndarray size, object n)
+    cdef tuple _export(self, Side* side, bint is_bid, object n)
     cdef int _finish(self) noexcept
     cdef void _refresh_top(self) noexcept

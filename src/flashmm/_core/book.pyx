@@ -1,8 +1,12 @@
 """L2 order book for one market, in integer ticks and lots.
 
-Each side is a pair of sorted int64 arrays (price, size) with the best level at the
-end, so that the updates that matter, near the top, move few bytes and the best
-level is one load away. Arrays grow on demand: no level is ever dropped.
+Each side is a sequence of fixed-capacity chunks of sorted levels, ordered worst to
+best, with a small index of each chunk's lowest key to find the chunk of a price. An
+insert or delete moves levels within one chunk only, wherever in the book it lands,
+and the best level is the last one of the last chunk, so updates near the top are
+found by a short scan back from it. Full chunks split, nearly empty ones merge into a
+neighbour; storage grows on demand: no level is ever dropped. Nothing assumes levels
+are dense in ticks.
 
 Frames are applied whole: ``apply_snapshot`` and ``apply_delta`` take the ``(n, 2)``
 float64 ``[price, size]`` rows of one frame, validate all of them first, then apply.
@@ -14,6 +18,7 @@ from enum import IntEnum
 cimport numpy as cnp
 from libc.math cimport NAN, fabs, isfinite, llround
 from libc.stdint cimport int64_t
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memmove
 
@@ -61,8 +66,298 @@ cdef inline bint _check_rows(cnp.ndarray a) noexcept:
             and cnp.PyArray_DIM(a, 1) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(a))
 
 
+# ---------------------------------------------------------------------- one side
+#
+# A side is ``m`` chunks ordered worst to best; chunk ``j`` lives in block ``blk[j]``
+# of ``pool`` (``_CHUNK`` keys, then their ``_CHUNK`` sizes) and holds ``cnt[j]``
+# levels sorted ascending on ``key = sign * price``; ``lo[j]`` is its smallest key.
+# ``blk[m:cap]`` lists the free blocks, so opening or closing a chunk only shifts
+# the small ``blk``/``cnt``/``lo`` index, never levels.
+
+cdef enum:
+    _CHUNK = 64  # levels per chunk at most
+    _HALF = _CHUNK // 2  # a full chunk splits into two of this many levels
+    _BLOCK = 2 * _CHUNK  # int64s per block: keys, then sizes
+    _FILL = 48  # levels per chunk when a snapshot fills a side: room left to insert
+    _MERGE = 16  # a chunk left with fewer levels merges into a neighbour ...
+    _MERGED_MAX = 48  # ... when the two together hold at most this many
+    _SCAN = 8  # levels scanned back from the best before a binary search
+
+
+cdef int _side_reserve(Side* s, Py_ssize_t blocks) except -1:
+    """Make room for ``blocks`` chunks; chunks in use keep their blocks and levels."""
+    if blocks <= s.cap:
+        return 0
+    cdef Py_ssize_t cap = max(blocks, 2 * s.cap)
+    cdef Py_ssize_t b
+    cdef void* p = PyMem_Realloc(s.pool, cap * _BLOCK * sizeof(int64_t))
+    if p == NULL:
+        raise MemoryError()
+    s.pool = <int64_t*>p
+    p = PyMem_Realloc(s.lo, cap * sizeof(int64_t))
+    if p == NULL:
+        raise MemoryError()
+    s.lo = <int64_t*>p
+    p = PyMem_Realloc(s.blk, cap * sizeof(Py_ssize_t))
+    if p == NULL:
+        raise MemoryError()
+    s.blk = <Py_ssize_t*>p
+    p = PyMem_Realloc(s.cnt, cap * sizeof(Py_ssize_t))
+    if p == NULL:
+        raise MemoryError()
+    s.cnt = <Py_ssize_t*>p
+    for b in range(s.cap, cap):
+        s.blk[b] = b  # the new blocks are free
+    s.cap = cap
+    return 0
+
+
+cdef void _side_free(Side* s) noexcept:
+    PyMem_Free(s.pool)
+    PyMem_Free(s.lo)
+    PyMem_Free(s.blk)
+    PyMem_Free(s.cnt)
+    s.pool = NULL
+    s.lo = NULL
+    s.blk = NULL
+    s.cnt = NULL
+    s.m = s.cap = s.n = 0
+
+
+cdef inline int64_t* _keys(Side* s, Py_ssize_t j) noexcept nogil:
+    """Keys of chunk ``j``; its sizes follow ``_CHUNK`` further on."""
+    return s.pool + s.blk[j] * _BLOCK
+
+
 cdef inline int64_t _best(Side* s) noexcept nogil:
-    return s.price[s.n - 1] if s.n > 0 else 0
+    """Best price in ticks, 0 when the side is empty."""
+    if s.m == 0:
+        return 0
+    return s.sign * _keys(s, s.m - 1)[s.cnt[s.m - 1] - 1]
+
+
+cdef inline int64_t _best_size(Side* s) noexcept nogil:
+    if s.m == 0:
+        return 0
+    return _keys(s, s.m - 1)[_CHUNK + s.cnt[s.m - 1] - 1]
+
+
+cdef inline void _open_chunk(Side* s, Py_ssize_t j) noexcept nogil:
+    """Insert an empty chunk at position ``j`` (needs ``m < cap``)."""
+    cdef Py_ssize_t b = s.blk[s.m]
+    cdef Py_ssize_t k = s.m - j
+    memmove(s.blk + j + 1, s.blk + j, k * sizeof(Py_ssize_t))
+    memmove(s.cnt + j + 1, s.cnt + j, k * sizeof(Py_ssize_t))
+    memmove(s.lo + j + 1, s.lo + j, k * sizeof(int64_t))
+    s.blk[j] = b
+    s.cnt[j] = 0
+    s.m += 1
+
+
+cdef inline void _close_chunk(Side* s, Py_ssize_t j) noexcept nogil:
+    """Drop chunk ``j`` from the sequence; its block becomes free."""
+    cdef Py_ssize_t b = s.blk[j]
+    cdef Py_ssize_t k = s.m - j - 1
+    memmove(s.blk + j, s.blk + j + 1, k * sizeof(Py_ssize_t))
+    memmove(s.cnt + j, s.cnt + j + 1, k * sizeof(Py_ssize_t))
+    memmove(s.lo + j, s.lo + j + 1, k * sizeof(int64_t))
+    s.m -= 1
+    s.blk[s.m] = b
+
+
+cdef inline void _absorb(Side* s, Py_ssize_t j) noexcept nogil:
+    """Move every level of chunk ``j + 1`` to the end of chunk ``j``, then drop it."""
+    cdef int64_t* dst = _keys(s, j)
+    cdef int64_t* src = _keys(s, j + 1)
+    cdef Py_ssize_t c = s.cnt[j]
+    cdef Py_ssize_t k = s.cnt[j + 1]
+    memcpy(dst + c, src, k * sizeof(int64_t))
+    memcpy(dst + _CHUNK + c, src + _CHUNK, k * sizeof(int64_t))
+    s.cnt[j] = c + k
+    _close_chunk(s, j + 1)
+
+
+cdef inline void _merge(Side* s, Py_ssize_t j) noexcept nogil:
+    """Chunk ``j`` ran low: fold it into a neighbour that has room for it."""
+    cdef Py_ssize_t c = s.cnt[j]
+    if j > 0 and s.cnt[j - 1] + c <= _MERGED_MAX:
+        _absorb(s, j - 1)
+    elif j + 1 < s.m and s.cnt[j + 1] + c <= _MERGED_MAX:
+        _absorb(s, j)
+
+
+cdef inline Py_ssize_t _lower_bound(const int64_t* keys, Py_ssize_t n, int64_t key) noexcept nogil:
+    """First index in ``keys[:n]`` (sorted, ``n >= 1``) whose key is >= ``key``; branch-free."""
+    cdef const int64_t* base = keys
+    cdef Py_ssize_t half
+    while n > 1:
+        half = n >> 1
+        base += half * (base[half] < key)
+        n -= half
+    return (base - keys) + (base[0] < key)
+
+
+cdef inline Py_ssize_t _find_chunk(Side* s, int64_t key) noexcept nogil:
+    """The chunk whose range holds ``key``: the last with ``lo <= key``, else the first."""
+    cdef Py_ssize_t j = s.m - 1
+    cdef const int64_t* base
+    cdef Py_ssize_t n, half
+    # Most updates land in the top chunk or the one below.
+    if j == 0 or key >= s.lo[j]:
+        return j
+    j -= 1
+    if j == 0 or key >= s.lo[j]:
+        return j
+    base = s.lo
+    n = j
+    while n > 1:
+        half = n >> 1
+        base += half * (base[half] <= key)
+        n -= half
+    return base - s.lo
+
+
+cdef int _set_level(Side* s, int64_t price, int64_t size) except -1:
+    """Set the absolute size at ``price``; 0 deletes. Moves levels of one chunk only."""
+    cdef int64_t key = s.sign * price
+    cdef Py_ssize_t j, c, i
+    cdef int64_t* keys
+    cdef int64_t* sizes
+    cdef int64_t* upper
+    if s.m == 0:
+        if size == 0:
+            return 0
+        _side_reserve(s, 1)
+        _open_chunk(s, 0)
+        keys = _keys(s, 0)
+        keys[0] = key
+        keys[_CHUNK] = size
+        s.cnt[0] = 1
+        s.lo[0] = key
+        s.n = 1
+        return 0
+    j = _find_chunk(s, key)
+    keys = _keys(s, j)
+    c = s.cnt[j]
+    if j == s.m - 1:
+        # Near the best: scan back a few levels, then fall back to a binary search.
+        i = c
+        while i > 0 and keys[i - 1] >= key:
+            i -= 1
+            if c - i == _SCAN:
+                if i > 0:
+                    i = _lower_bound(keys, i, key)
+                break
+    else:
+        i = _lower_bound(keys, c, key)
+    sizes = keys + _CHUNK
+    if i < c and keys[i] == key:
+        if size != 0:
+            sizes[i] = size
+            return 0
+        c -= 1
+        memmove(keys + i, keys + i + 1, (c - i) * sizeof(int64_t))
+        memmove(sizes + i, sizes + i + 1, (c - i) * sizeof(int64_t))
+        s.cnt[j] = c
+        s.n -= 1
+        if c == 0:
+            _close_chunk(s, j)
+        else:
+            if i == 0:
+                s.lo[j] = keys[0]
+            if c < _MERGE:
+                _merge(s, j)
+        return 0
+    if size == 0:
+        return 0  # deleting a level that is not there is a no-op, as on every venue
+    if c == _CHUNK:
+        # Split: the upper half moves to a new chunk right above this one.
+        if s.m == s.cap:
+            _side_reserve(s, s.m + 1)
+            keys = _keys(s, j)
+        _open_chunk(s, j + 1)
+        upper = _keys(s, j + 1)
+        memcpy(upper, keys + _HALF, _HALF * sizeof(int64_t))
+        memcpy(upper + _CHUNK, keys + _CHUNK + _HALF, _HALF * sizeof(int64_t))
+        s.cnt[j] = _HALF
+        s.cnt[j + 1] = _HALF
+        s.lo[j + 1] = upper[0]
+        c = _HALF
+        if i > _HALF:
+            j += 1
+            i -= _HALF
+            keys = upper
+        sizes = keys + _CHUNK
+    memmove(keys + i + 1, keys + i, (c - i) * sizeof(int64_t))
+    memmove(sizes + i + 1, sizes + i, (c - i) * sizeof(int64_t))
+    keys[i] = key
+    sizes[i] = size
+    s.cnt[j] = c + 1
+    s.n += 1
+    if i == 0:
+        s.lo[j] = key
+    return 0
+
+
+cdef Py_ssize_t _count_levels(const int64_t* rows, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k, m = 0
+    for k in range(n):
+        m += rows[2 * k + 1] > 0
+    return m
+
+
+cdef inline Py_ssize_t _chunks_for(Py_ssize_t levels) noexcept nogil:
+    return (levels + _FILL - 1) // _FILL
+
+
+cdef void _fill_side(Side* s, const int64_t* rows, Py_ssize_t n) noexcept nogil:
+    """Replace a side with ``n`` best-first (ticks, lots) rows, skipping zero sizes.
+
+    The blocks must be reserved (``_chunks_for`` the level count). Levels are spread
+    evenly over the chunks, each left with room to insert.
+    """
+    cdef Py_ssize_t levels = _count_levels(rows, n)
+    cdef Py_ssize_t m = _chunks_for(levels)
+    cdef Py_ssize_t j = 0, i = 0, quota = 0, k
+    cdef int64_t* keys = NULL
+    s.m = m
+    s.n = levels
+    if m == 0:
+        return
+    for k in range(n - 1, -1, -1):  # worst first
+        if rows[2 * k + 1] <= 0:
+            continue
+        if i == quota:
+            if keys != NULL:
+                s.cnt[j] = i
+                j += 1
+            keys = _keys(s, j)
+            quota = levels // m + (j < levels % m)
+            i = 0
+            s.lo[j] = s.sign * rows[2 * k]
+        keys[i] = s.sign * rows[2 * k]
+        keys[_CHUNK + i] = rows[2 * k + 1]
+        i += 1
+    s.cnt[j] = i
+
+
+cdef void _copy_best_first(Side* s, int64_t* prices, int64_t* sizes, Py_ssize_t d) noexcept nogil:
+    """Write the best ``d`` levels best first, zero-padded past the last level."""
+    cdef Py_ssize_t k = 0, j = s.m - 1, i
+    cdef int64_t* keys
+    while k < d and j >= 0:
+        keys = _keys(s, j)
+        i = s.cnt[j] - 1
+        while k < d and i >= 0:
+            prices[k] = s.sign * keys[i]
+            sizes[k] = keys[_CHUNK + i]
+            k += 1
+            i -= 1
+        j -= 1
+    while k < d:
+        prices[k] = 0
+        sizes[k] = 0
+        k += 1
 
 
 cdef int _cmp_price(const void* a, const void* b) noexcept nogil:
@@ -103,35 +398,20 @@ cdef class OrderBook:
         self.sequence = -1
         self.is_valid = False
         self._fresh = False
-        self._bid_price_arr = np.zeros(capacity, dtype=np.int64)
-        self._bid_size_arr = np.zeros(capacity, dtype=np.int64)
-        self._ask_price_arr = np.zeros(capacity, dtype=np.int64)
-        self._ask_size_arr = np.zeros(capacity, dtype=np.int64)
-        self._bids = Side(<int64_t*>cnp.PyArray_DATA(self._bid_price_arr),
-                          <int64_t*>cnp.PyArray_DATA(self._bid_size_arr), 0, capacity, 1)
-        self._asks = Side(<int64_t*>cnp.PyArray_DATA(self._ask_price_arr),
-                          <int64_t*>cnp.PyArray_DATA(self._ask_size_arr), 0, capacity, -1)
+        self._bids.sign = 1
+        self._asks.sign = -1
+        _side_reserve(&self._bids, _chunks_for(capacity) + 1)
+        _side_reserve(&self._asks, _chunks_for(capacity) + 1)
+        self._bid_out = np.zeros((2, capacity), dtype=np.int64)
+        self._ask_out = np.zeros((2, capacity), dtype=np.int64)
         self._scratch_arr = np.zeros((64, 2), dtype=np.int64)
         self.top = np.zeros((4, depth), dtype=np.int64)
 
-    # ------------------------------------------------------------------ storage
+    def __dealloc__(self):
+        _side_free(&self._bids)
+        _side_free(&self._asks)
 
-    cdef int _grow(self, Side* side, Py_ssize_t need) except -1:
-        cdef Py_ssize_t cap = max(2 * side.cap, need)
-        price = np.zeros(cap, dtype=np.int64)
-        size = np.zeros(cap, dtype=np.int64)
-        memcpy(cnp.PyArray_DATA(price), side.price, side.n * sizeof(int64_t))
-        memcpy(cnp.PyArray_DATA(size), side.size, side.n * sizeof(int64_t))
-        if side.sign > 0:
-            self._bid_price_arr = price
-            self._bid_size_arr = size
-        else:
-            self._ask_price_arr = price
-            self._ask_size_arr = size
-        side.price = <int64_t*>cnp.PyArray_DATA(price)
-        side.size = <int64_t*>cnp.PyArray_DATA(size)
-        side.cap = cap
-        return 0
+    # ------------------------------------------------------------------ storage
 
     cdef int _ensure_scratch(self, Py_ssize_t rows) except -1:
         if cnp.PyArray_DIM(self._scratch_arr, 0) < rows:
@@ -162,68 +442,11 @@ cdef class OrderBook:
             out[2 * k + 1] = li
         return 0
 
-    cdef int _set_level(self, Side* side, int64_t price, int64_t size) except -1:
-        """Set the absolute size at ``price``; 0 deletes. Searches from the top."""
-        cdef int64_t key = side.sign * price
-        cdef Py_ssize_t n = side.n
-        cdef Py_ssize_t i = n
-        cdef Py_ssize_t lo, hi, mid
-        cdef int steps = 0
-        cdef int64_t* p = side.price
-        # Most updates land within a few levels of the top (the end of the array).
-        while i > 0 and side.sign * p[i - 1] >= key:
-            i -= 1
-            steps += 1
-            if steps == 8:
-                lo = 0
-                hi = i
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if side.sign * p[mid] >= key:
-                        hi = mid
-                    else:
-                        lo = mid + 1
-                i = lo
-                break
-        if i < n and p[i] == price:
-            if size == 0:
-                memmove(p + i, p + i + 1, (n - i - 1) * sizeof(int64_t))
-                memmove(side.size + i, side.size + i + 1, (n - i - 1) * sizeof(int64_t))
-                side.n = n - 1
-            else:
-                side.size[i] = size
-            return 0
-        if size == 0:
-            return 0  # deleting a level that is not there is a no-op, as on every venue
-        if n == side.cap:
-            self._grow(side, n + 1)
-            p = side.price
-        memmove(p + i + 1, p + i, (n - i) * sizeof(int64_t))
-        memmove(side.size + i + 1, side.size + i, (n - i) * sizeof(int64_t))
-        p[i] = price
-        side.size[i] = size
-        side.n = n + 1
-        return 0
-
     cdef void _refresh_top(self) noexcept:
         cdef int64_t* t = <int64_t*>cnp.PyArray_DATA(self.top)
         cdef Py_ssize_t d = self.depth
-        cdef Py_ssize_t k
-        cdef Py_ssize_t nb = self._bids.n
-        cdef Py_ssize_t na = self._asks.n
-        for k in range(d):
-            if k < nb:
-                t[k] = self._bids.price[nb - 1 - k]
-                t[d + k] = self._bids.size[nb - 1 - k]
-            else:
-                t[k] = 0
-                t[d + k] = 0
-            if k < na:
-                t[2 * d + k] = self._asks.price[na - 1 - k]
-                t[3 * d + k] = self._asks.size[na - 1 - k]
-            else:
-                t[2 * d + k] = 0
-                t[3 * d + k] = 0
+        _copy_best_first(&self._bids, t, t + d, d)
+        _copy_best_first(&self._asks, t + 2 * d, t + 3 * d, d)
 
     cdef int _finish(self) noexcept:
         self._refresh_top()
@@ -231,22 +454,6 @@ cdef class OrderBook:
             self.is_valid = False
             return _CROSSED
         return _OK
-
-    cdef int _fill_side(self, Side* side, int64_t* rows, Py_ssize_t n) except -1:
-        """Replace a side with ``n`` best-first (ticks, lots) rows, skipping zero sizes."""
-        cdef Py_ssize_t k, m = 0
-        for k in range(n):
-            if rows[2 * k + 1] > 0:
-                m += 1
-        if m > side.cap:
-            self._grow(side, m)
-        side.n = m
-        for k in range(n):
-            if rows[2 * k + 1] > 0:
-                m -= 1
-                side.price[m] = rows[2 * k]
-                side.size[m] = rows[2 * k + 1]
-        return 0
 
     # ------------------------------------------------------------------ frames
 
@@ -268,12 +475,15 @@ cdef class OrderBook:
                 or self._to_units(<double*>cnp.PyArray_DATA(asks), na, rows + 2 * nb) != 0):
             self.is_valid = False
             return _REJECTED
-        # Both sides are sorted and checked before the book is touched.
+        # Both sides are sorted and checked, and their storage reserved, before the
+        # book is touched.
         if self._check_unique(rows, nb, 1) != 0 or self._check_unique(rows + 2 * nb, na, -1) != 0:
             self.is_valid = False
             return _REJECTED
-        self._fill_side(&self._bids, rows, nb)
-        self._fill_side(&self._asks, rows + 2 * nb, na)
+        _side_reserve(&self._bids, _chunks_for(_count_levels(rows, nb)))
+        _side_reserve(&self._asks, _chunks_for(_count_levels(rows + 2 * nb, na)))
+        _fill_side(&self._bids, rows, nb)
+        _fill_side(&self._asks, rows + 2 * nb, na)
         self.sequence = sequence
         self.is_valid = True
         self._fresh = True
@@ -333,10 +543,10 @@ cdef class OrderBook:
             return _REJECTED
         cdef Py_ssize_t k
         for k in range(nb):
-            self._set_level(&self._bids, rows[2 * k], rows[2 * k + 1])
+            _set_level(&self._bids, rows[2 * k], rows[2 * k + 1])
         rows += 2 * nb
         for k in range(na):
-            self._set_level(&self._asks, rows[2 * k], rows[2 * k + 1])
+            _set_level(&self._asks, rows[2 * k], rows[2 * k + 1])
         self.sequence = sequence
         self._fresh = False
         return self._finish()
@@ -357,7 +567,7 @@ cdef class OrderBook:
         if self._to_units(row, 1, units) != 0:
             self.is_valid = False
             return _REJECTED
-        self._set_level(&self._bids if is_bid else &self._asks, units[0], units[1])
+        _set_level(&self._bids if is_bid else &self._asks, units[0], units[1])
         self.sequence = sequence
         self._fresh = False
         return self._finish()
@@ -368,8 +578,8 @@ cdef class OrderBook:
 
     def clear(self):
         """Remove every level and forget the sequence."""
-        self._bids.n = 0
-        self._asks.n = 0
+        self._bids.m = self._bids.n = 0
+        self._asks.m = self._asks.n = 0
         self.sequence = -1
         self.is_valid = False
         self._fresh = False
@@ -389,11 +599,11 @@ cdef class OrderBook:
 
     @property
     def best_bid_size(self):
-        return self._bids.size[self._bids.n - 1] if self._bids.n > 0 else 0
+        return _best_size(&self._bids)
 
     @property
     def best_ask_size(self):
-        return self._asks.size[self._asks.n - 1] if self._asks.n > 0 else 0
+        return _best_size(&self._asks)
 
     @property
     def n_bids(self):
@@ -424,29 +634,42 @@ cdef class OrderBook:
             return NAN
         cdef double b = <double>_best(&self._bids)
         cdef double a = <double>_best(&self._asks)
-        cdef double bs = <double>self._bids.size[self._bids.n - 1]
-        cdef double as_ = <double>self._asks.size[self._asks.n - 1]
+        cdef double bs = <double>_best_size(&self._bids)
+        cdef double as_ = <double>_best_size(&self._asks)
         return (b * as_ + a * bs) / (bs + as_)
 
     def bids(self, n=None):
         """(prices, sizes) of the best ``n`` bids (all by default), best first.
 
-        Views into the book's storage: valid until the next applied frame.
+        The levels are copied, best first, into a buffer the book owns and returned as
+        views of it (the chunked storage has no best-first run to view directly): valid
+        until the next applied frame or the next ``bids`` call, which rewrites them.
+        Writing into them does not change the book.
         """
-        return self._view(&self._bids, self._bid_price_arr, self._bid_size_arr, n)
+        return self._export(&self._bids, True, n)
 
     def asks(self, n=None):
-        """(prices, sizes) of the best ``n`` asks (all by default), best first; views."""
-        return self._view(&self._asks, self._ask_price_arr, self._ask_size_arr, n)
+        """(prices, sizes) of the best ``n`` asks (all by default), best first.
 
-    cdef tuple _view(self, Side* side, cnp.ndarray price, cnp.ndarray size, object n):
+        Copied into a buffer the book owns, as for ``bids``: valid until the next
+        applied frame or the next ``asks`` call.
+        """
+        return self._export(&self._asks, False, n)
+
+    cdef tuple _export(self, Side* side, bint is_bid, object n):
         cdef Py_ssize_t k = side.n if n is None else min(max(<Py_ssize_t>n, 0), side.n)
-        cdef Py_ssize_t top = side.n - 1
-        if k == 0:
-            return price[:0], size[:0]
-        if top - k < 0:
-            return price[top::-1], size[top::-1]
-        return price[top:top - k:-1], size[top:top - k:-1]
+        cdef cnp.ndarray out = self._bid_out if is_bid else self._ask_out
+        cdef Py_ssize_t cap = cnp.PyArray_DIM(out, 1)
+        if cap < k:
+            cap = max(k, 2 * cap)
+            out = np.zeros((2, cap), dtype=np.int64)
+            if is_bid:
+                self._bid_out = out
+            else:
+                self._ask_out = out
+        cdef int64_t* data = <int64_t*>cnp.PyArray_DATA(out)
+        _copy_best_first(side, data, data + cap, k)
+        return out[0, :k], out[1, :k]
 
     def price(self, int64_t ticks):
         """A tick count as a price."""
