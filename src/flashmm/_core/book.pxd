@@ -16,6 +16,8 @@ cdef struct Side:
     Py_ssize_t cap  # blocks allocated
     Py_ssize_t n  # levels
     int64_t sign
+    int64_t best  # best price and its size, 0 when empty: kept by OrderBook._refresh_top
+    int64_t best_size
 
 
 cdef class OrderBook:
@@ -32,11 +34,13 @@ cdef class OrderBook:
     cdef cnp.ndarray _bid_out
     cdef cnp.ndarray _ask_out
     cdef cnp.ndarray _scratch_arr
+    cdef cnp.ndarray _where_arr
     cdef readonly cnp.ndarray top
 
     cdef int _ensure_scratch(self, Py_ssize_t rows) except -1
     cdef int _to_units(self, const double* rows, Py_ssize_t n, int64_t* out) noexcept nogil
     cdef int _check_unique(self, int64_t* rows, Py_ssize_t n, int64_t sign) except -1
     cdef tuple _export(self, Side* side, bint is_bid, object n)
-    cdef int _finish(self) noexcept
-    cdef void _refresh_top(self) noexcept
+    cdef void _lost(self) noexcept
+    cdef int _finish(self, bint bids, bint asks) noexcept
+    cdef void _refresh_top(self, bint bids, bint asks) noexcept

@@ -16,7 +16,7 @@ The returned status says what happened; nothing is repaired silently.
 from enum import IntEnum
 
 cimport numpy as cnp
-from libc.math cimport NAN, fabs, isfinite, llround
+from libc.math cimport NAN, fabs, isfinite
 from libc.stdint cimport int64_t
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdlib cimport qsort
@@ -130,16 +130,12 @@ cdef inline int64_t* _keys(Side* s, Py_ssize_t j) noexcept nogil:
 
 
 cdef inline int64_t _best(Side* s) noexcept nogil:
-    """Best price in ticks, 0 when the side is empty."""
-    if s.m == 0:
-        return 0
-    return s.sign * _keys(s, s.m - 1)[s.cnt[s.m - 1] - 1]
+    """Best price in ticks, 0 when the side is empty (as of the last ``_refresh_top``)."""
+    return s.best
 
 
 cdef inline int64_t _best_size(Side* s) noexcept nogil:
-    if s.m == 0:
-        return 0
-    return _keys(s, s.m - 1)[_CHUNK + s.cnt[s.m - 1] - 1]
+    return s.best_size
 
 
 cdef inline void _open_chunk(Side* s, Py_ssize_t j) noexcept nogil:
@@ -177,13 +173,16 @@ cdef inline void _absorb(Side* s, Py_ssize_t j) noexcept nogil:
     _close_chunk(s, j + 1)
 
 
-cdef inline void _merge(Side* s, Py_ssize_t j) noexcept nogil:
-    """Chunk ``j`` ran low: fold it into a neighbour that has room for it."""
+cdef inline int _merge(Side* s, Py_ssize_t j) noexcept nogil:
+    """Chunk ``j`` ran low: fold it into a neighbour that has room for it; 1 if done."""
     cdef Py_ssize_t c = s.cnt[j]
     if j > 0 and s.cnt[j - 1] + c <= _MERGED_MAX:
         _absorb(s, j - 1)
-    elif j + 1 < s.m and s.cnt[j + 1] + c <= _MERGED_MAX:
+        return 1
+    if j + 1 < s.m and s.cnt[j + 1] + c <= _MERGED_MAX:
         _absorb(s, j)
+        return 1
+    return 0
 
 
 cdef inline Py_ssize_t _lower_bound(const int64_t* keys, Py_ssize_t n, int64_t key) noexcept nogil:
@@ -192,7 +191,7 @@ cdef inline Py_ssize_t _lower_bound(const int64_t* keys, Py_ssize_t n, int64_t k
     cdef Py_ssize_t half
     while n > 1:
         half = n >> 1
-        base += half * (base[half] < key)
+        base = base + half if base[half] < key else base
         n -= half
     return (base - keys) + (base[0] < key)
 
@@ -212,45 +211,72 @@ cdef inline Py_ssize_t _find_chunk(Side* s, int64_t key) noexcept nogil:
     n = j
     while n > 1:
         half = n >> 1
-        base += half * (base[half] <= key)
+        base = base + half if base[half] <= key else base
         n -= half
     return base - s.lo
 
 
-cdef int _set_level(Side* s, int64_t price, int64_t size) except -1:
-    """Set the absolute size at ``price``; 0 deletes. Moves levels of one chunk only."""
-    cdef int64_t key = s.sign * price
-    cdef Py_ssize_t j, c, i
+cdef inline Py_ssize_t _find_level(Side* s, int64_t key, Py_ssize_t* j_out) noexcept nogil:
+    """Chunk (into ``j_out``) and index in it where ``key`` is or would go (``m > 0``)."""
+    cdef Py_ssize_t j = _find_chunk(s, key)
+    cdef int64_t* keys = _keys(s, j)
+    cdef Py_ssize_t c = s.cnt[j]
+    cdef Py_ssize_t i
+    j_out[0] = j
+    if j < s.m - 1:
+        return _lower_bound(keys, c, key)
+    # Near the best: scan back a few levels, then fall back to a binary search.
+    i = c
+    while i > 0 and keys[i - 1] >= key:
+        i -= 1
+        if c - i == _SCAN:
+            if i > 0:
+                i = _lower_bound(keys, i, key)
+            break
+    return i
+
+
+cdef int _split(Side* s, Py_ssize_t j) except -1:
+    """Chunk ``j`` is full: move its upper half to a new chunk right above it."""
     cdef int64_t* keys
-    cdef int64_t* sizes
     cdef int64_t* upper
-    if s.m == 0:
-        if size == 0:
-            return 0
-        _side_reserve(s, 1)
-        _open_chunk(s, 0)
-        keys = _keys(s, 0)
-        keys[0] = key
-        keys[_CHUNK] = size
-        s.cnt[0] = 1
-        s.lo[0] = key
-        s.n = 1
-        return 0
-    j = _find_chunk(s, key)
+    if s.m == s.cap:
+        _side_reserve(s, s.m + 1)
+    _open_chunk(s, j + 1)
     keys = _keys(s, j)
-    c = s.cnt[j]
-    if j == s.m - 1:
-        # Near the best: scan back a few levels, then fall back to a binary search.
-        i = c
-        while i > 0 and keys[i - 1] >= key:
-            i -= 1
-            if c - i == _SCAN:
-                if i > 0:
-                    i = _lower_bound(keys, i, key)
-                break
-    else:
-        i = _lower_bound(keys, c, key)
-    sizes = keys + _CHUNK
+    upper = _keys(s, j + 1)
+    memcpy(upper, keys + _HALF, _HALF * sizeof(int64_t))
+    memcpy(upper + _CHUNK, keys + _CHUNK + _HALF, _HALF * sizeof(int64_t))
+    s.cnt[j] = _HALF
+    s.cnt[j + 1] = _HALF
+    s.lo[j + 1] = upper[0]
+    return 0
+
+
+cdef int _shrunk(Side* s, Py_ssize_t j, Py_ssize_t i) noexcept nogil:
+    """After a delete at index ``i`` of chunk ``j``: keep ``lo`` right, drop an empty
+    chunk, merge a small one. 1 if chunks changed."""
+    if s.cnt[j] == 0:
+        _close_chunk(s, j)
+        return 1
+    if i == 0:
+        s.lo[j] = _keys(s, j)[0]
+    if s.cnt[j] < _MERGE:
+        return _merge(s, j)
+    return 0
+
+
+cdef inline int _set_at(Side* s, int64_t key, int64_t size, Py_ssize_t j, Py_ssize_t i) except -1:
+    """Set the size of ``key``, found by ``_find_level`` at index ``i`` of chunk ``j``
+    (or to be inserted there); 0 deletes. Moves levels of that chunk only.
+
+    Returns 1 when chunks were split, merged or dropped (locations found before are
+    stale), else 0.
+    """
+    cdef int64_t* keys = _keys(s, j)
+    cdef int64_t* sizes = keys + _CHUNK
+    cdef Py_ssize_t c = s.cnt[j]
+    cdef int changed = 0
     if i < c and keys[i] == key:
         if size != 0:
             sizes[i] = size
@@ -260,34 +286,20 @@ cdef int _set_level(Side* s, int64_t price, int64_t size) except -1:
         memmove(sizes + i, sizes + i + 1, (c - i) * sizeof(int64_t))
         s.cnt[j] = c
         s.n -= 1
-        if c == 0:
-            _close_chunk(s, j)
-        else:
-            if i == 0:
-                s.lo[j] = keys[0]
-            if c < _MERGE:
-                _merge(s, j)
+        if i == 0 or c < _MERGE:
+            return _shrunk(s, j, i)
         return 0
     if size == 0:
         return 0  # deleting a level that is not there is a no-op, as on every venue
     if c == _CHUNK:
-        # Split: the upper half moves to a new chunk right above this one.
-        if s.m == s.cap:
-            _side_reserve(s, s.m + 1)
-            keys = _keys(s, j)
-        _open_chunk(s, j + 1)
-        upper = _keys(s, j + 1)
-        memcpy(upper, keys + _HALF, _HALF * sizeof(int64_t))
-        memcpy(upper + _CHUNK, keys + _CHUNK + _HALF, _HALF * sizeof(int64_t))
-        s.cnt[j] = _HALF
-        s.cnt[j + 1] = _HALF
-        s.lo[j + 1] = upper[0]
+        _split(s, j)
         c = _HALF
         if i > _HALF:
             j += 1
             i -= _HALF
-            keys = upper
+        keys = _keys(s, j)
         sizes = keys + _CHUNK
+        changed = 1
     memmove(keys + i + 1, keys + i, (c - i) * sizeof(int64_t))
     memmove(sizes + i + 1, sizes + i, (c - i) * sizeof(int64_t))
     keys[i] = key
@@ -296,6 +308,61 @@ cdef int _set_level(Side* s, int64_t price, int64_t size) except -1:
     s.n += 1
     if i == 0:
         s.lo[j] = key
+    return changed
+
+
+cdef int _set_level(Side* s, int64_t price, int64_t size) except -1:
+    """Set the absolute size at ``price``; 0 deletes."""
+    cdef int64_t key = s.sign * price
+    cdef Py_ssize_t j, i
+    cdef int64_t* keys
+    if s.m > 0:
+        i = _find_level(s, key, &j)
+        _set_at(s, key, size, j, i)
+        return 0
+    if size == 0:
+        return 0
+    _side_reserve(s, 1)
+    _open_chunk(s, 0)
+    keys = _keys(s, 0)
+    keys[0] = key
+    keys[_CHUNK] = size
+    s.cnt[0] = 1
+    s.lo[0] = key
+    s.n = 1
+    return 0
+
+
+cdef int _set_levels(Side* s, const int64_t* rows, Py_ssize_t n, Py_ssize_t* where) except -1:
+    """Apply ``n`` (ticks, lots) rows in order, like ``_set_level`` on each.
+
+    Every run of rows whose keys do not increase (a side listed best first, as venues
+    send it) is located first, then applied: the searches do not wait on each other,
+    and the locations stay right while the run is applied, since each row only moves
+    levels at or above the next one's, until a chunk splits, merges or goes, after
+    which the rest of the run is located again. ``where`` holds ``2 * n`` entries.
+    """
+    cdef Py_ssize_t k = 0, end
+    cdef int64_t key, prev
+    while k < n:
+        if s.m == 0:
+            _set_level(s, rows[2 * k], rows[2 * k + 1])
+            k += 1
+            continue
+        end = k
+        prev = s.sign * rows[2 * k]
+        while end < n:
+            key = s.sign * rows[2 * end]
+            if key > prev:
+                break
+            prev = key
+            where[2 * end + 1] = _find_level(s, key, &where[2 * end])
+            end += 1
+        while k < end:
+            if _set_at(s, s.sign * rows[2 * k], rows[2 * k + 1], where[2 * k], where[2 * k + 1]):
+                k += 1
+                break
+            k += 1
     return 0
 
 
@@ -344,15 +411,20 @@ cdef void _fill_side(Side* s, const int64_t* rows, Py_ssize_t n) noexcept nogil:
 cdef void _copy_best_first(Side* s, int64_t* prices, int64_t* sizes, Py_ssize_t d) noexcept nogil:
     """Write the best ``d`` levels best first, zero-padded past the last level."""
     cdef Py_ssize_t k = 0, j = s.m - 1, i
-    cdef int64_t* keys
-    while k < d and j >= 0:
+    cdef int64_t sign = s.sign
+    cdef const int64_t* keys
+    if d <= 0:
+        return
+    while j >= 0:
         keys = _keys(s, j)
-        i = s.cnt[j] - 1
-        while k < d and i >= 0:
-            prices[k] = s.sign * keys[i]
+        i = s.cnt[j]
+        while i > 0:
+            i -= 1
+            prices[k] = sign * keys[i]
             sizes[k] = keys[_CHUNK + i]
             k += 1
-            i -= 1
+            if k == d:
+                return
         j -= 1
     while k < d:
         prices[k] = 0
@@ -360,10 +432,53 @@ cdef void _copy_best_first(Side* s, int64_t* prices, int64_t* sizes, Py_ssize_t 
         k += 1
 
 
+cdef int _audit_side(Side* s, str name) except -1:
+    cdef Py_ssize_t j, i, c, total = 0
+    cdef int64_t* keys
+    seen = set()
+    if not (0 <= s.m <= s.cap) or (s.m == 0) != (s.n == 0):
+        raise AssertionError(f"{name}: {s.m} chunks of {s.cap} for {s.n} levels")
+    for j in range(s.cap):
+        seen.add(s.blk[j])
+    if seen != set(range(s.cap)):
+        raise AssertionError(f"{name}: blocks are not a permutation")
+    for j in range(s.m):
+        keys = _keys(s, j)
+        c = s.cnt[j]
+        total += c
+        if not (1 <= c <= _CHUNK) or s.lo[j] != keys[0]:
+            raise AssertionError(f"{name}: chunk {j} holds {c} levels, lo {s.lo[j]} != {keys[0]}")
+        if j > 0 and keys[0] <= _keys(s, j - 1)[s.cnt[j - 1] - 1]:
+            raise AssertionError(f"{name}: chunk {j} overlaps the one below")
+        for i in range(c):
+            if keys[_CHUNK + i] <= 0 or (i > 0 and keys[i] <= keys[i - 1]):
+                raise AssertionError(f"{name}: chunk {j} level {i} out of order or empty")
+    if total != s.n:
+        raise AssertionError(f"{name}: {total} levels in chunks, {s.n} counted")
+    if s.best != _best_from_chunks(s):
+        raise AssertionError(f"{name}: cached best {s.best} is stale")
+    return 0
+
+
+cdef int64_t _best_from_chunks(Side* s) noexcept:
+    return s.sign * _keys(s, s.m - 1)[s.cnt[s.m - 1] - 1] if s.m > 0 else 0
+
+
 cdef int _cmp_price(const void* a, const void* b) noexcept nogil:
     cdef int64_t x = (<const int64_t*>a)[0]
     cdef int64_t y = (<const int64_t*>b)[0]
     return (x > y) - (x < y)
+
+
+cdef inline int64_t _round_units(double x) noexcept nogil:
+    """``llround`` for ``0 <= x < 2**63`` without the libm call.
+
+    Below 2**52 ``x + 0.5`` can only round up across an integer when ``x`` is within
+    an ulp of a half, which is off the grid either way; from 2**52 on ``x`` is integral.
+    """
+    if x >= 4503599627370496.0:
+        return <int64_t>x
+    return <int64_t>(x + 0.5)
 
 
 # A level is on the grid when price/tick is within this many units of an integer
@@ -405,6 +520,7 @@ cdef class OrderBook:
         self._bid_out = np.zeros((2, capacity), dtype=np.int64)
         self._ask_out = np.zeros((2, capacity), dtype=np.int64)
         self._scratch_arr = np.zeros((64, 2), dtype=np.int64)
+        self._where_arr = np.zeros((64, 2), dtype=np.intp)
         self.top = np.zeros((4, depth), dtype=np.int64)
 
     def __dealloc__(self):
@@ -415,8 +531,9 @@ cdef class OrderBook:
 
     cdef int _ensure_scratch(self, Py_ssize_t rows) except -1:
         if cnp.PyArray_DIM(self._scratch_arr, 0) < rows:
-            self._scratch_arr = np.zeros((max(rows, 2 * cnp.PyArray_DIM(self._scratch_arr, 0)), 2),
-                                         dtype=np.int64)
+            rows = max(rows, 2 * cnp.PyArray_DIM(self._scratch_arr, 0))
+            self._scratch_arr = np.zeros((rows, 2), dtype=np.int64)
+            self._where_arr = np.zeros((rows, 2), dtype=np.intp)
         return 0
 
     cdef int _to_units(self, const double* rows, Py_ssize_t n, int64_t* out) noexcept nogil:
@@ -433,8 +550,8 @@ cdef class OrderBook:
             l = sz * self._inv_lot
             if t >= _MAX_UNITS or l >= _MAX_UNITS:
                 return -1
-            ti = llround(t)
-            li = llround(l)
+            ti = _round_units(t)
+            li = _round_units(l)
             if (ti <= 0 or fabs(t - <double>ti) > _GRID_TOL_ABS + _GRID_TOL_REL * t
                     or fabs(l - <double>li) > _GRID_TOL_ABS + _GRID_TOL_REL * l):
                 return -1
@@ -442,14 +559,27 @@ cdef class OrderBook:
             out[2 * k + 1] = li
         return 0
 
-    cdef void _refresh_top(self) noexcept:
+    cdef void _refresh_top(self, bint bids, bint asks) noexcept:
+        """Rewrite the rows of ``top`` (and the cached best) of the sides that changed."""
         cdef int64_t* t = <int64_t*>cnp.PyArray_DATA(self.top)
         cdef Py_ssize_t d = self.depth
-        _copy_best_first(&self._bids, t, t + d, d)
-        _copy_best_first(&self._asks, t + 2 * d, t + 3 * d, d)
+        if bids:
+            _copy_best_first(&self._bids, t, t + d, d)
+            self._bids.best = t[0]
+            self._bids.best_size = t[d]
+        if asks:
+            t += 2 * d
+            _copy_best_first(&self._asks, t, t + d, d)
+            self._asks.best = t[0]
+            self._asks.best_size = t[d]
 
-    cdef int _finish(self) noexcept:
-        self._refresh_top()
+    cdef void _lost(self) noexcept:
+        """Storage ran out part way through a frame: the book needs a snapshot."""
+        self.is_valid = False
+        self._refresh_top(True, True)
+
+    cdef int _finish(self, bint bids, bint asks) noexcept:
+        self._refresh_top(bids, asks)
         if self._bids.n > 0 and self._asks.n > 0 and _best(&self._bids) >= _best(&self._asks):
             self.is_valid = False
             return _CROSSED
@@ -487,7 +617,7 @@ cdef class OrderBook:
         self.sequence = sequence
         self.is_valid = True
         self._fresh = True
-        return self._finish()
+        return self._finish(True, True)
 
     cdef int _check_unique(self, int64_t* rows, Py_ssize_t n, int64_t sign) except -1:
         """Sort rows best-first unless they already are; -2 if a price repeats."""
@@ -541,15 +671,16 @@ cdef class OrderBook:
                 or self._to_units(<double*>cnp.PyArray_DATA(asks), na, rows + 2 * nb) != 0):
             self.is_valid = False
             return _REJECTED
-        cdef Py_ssize_t k
-        for k in range(nb):
-            _set_level(&self._bids, rows[2 * k], rows[2 * k + 1])
-        rows += 2 * nb
-        for k in range(na):
-            _set_level(&self._asks, rows[2 * k], rows[2 * k + 1])
+        cdef Py_ssize_t* where = <Py_ssize_t*>cnp.PyArray_DATA(self._where_arr)
+        try:
+            _set_levels(&self._bids, rows, nb, where)
+            _set_levels(&self._asks, rows + 2 * nb, na, where)
+        except MemoryError:
+            self._lost()
+            raise
         self.sequence = sequence
         self._fresh = False
-        return self._finish()
+        return self._finish(nb > 0, na > 0)
 
     def apply_level(self, bint is_bid, double price, double size, int64_t sequence):
         """Apply one level as a delta frame of its own (same rules as ``apply_delta``)."""
@@ -567,10 +698,14 @@ cdef class OrderBook:
         if self._to_units(row, 1, units) != 0:
             self.is_valid = False
             return _REJECTED
-        _set_level(&self._bids if is_bid else &self._asks, units[0], units[1])
+        try:
+            _set_level(&self._bids if is_bid else &self._asks, units[0], units[1])
+        except MemoryError:
+            self._lost()
+            raise
         self.sequence = sequence
         self._fresh = False
-        return self._finish()
+        return self._finish(is_bid, not is_bid)
 
     def invalidate(self):
         """Mark the book out of sync (for example when the feed drops); keeps its levels."""
@@ -583,7 +718,7 @@ cdef class OrderBook:
         self.sequence = -1
         self.is_valid = False
         self._fresh = False
-        self._refresh_top()
+        self._refresh_top(True, True)
 
     # ------------------------------------------------------------------ reads
 
@@ -670,6 +805,14 @@ cdef class OrderBook:
         cdef int64_t* data = <int64_t*>cnp.PyArray_DATA(out)
         _copy_best_first(side, data, data + cap, k)
         return out[0, :k], out[1, :k]
+
+    def _audit(self):
+        """Check the storage invariants of both sides; raise ``AssertionError`` if broken.
+
+        For tests: walks every level, so it is not for the hot path.
+        """
+        _audit_side(&self._bids, "bids")
+        _audit_side(&self._asks, "asks")
 
     def price(self, int64_t ticks):
         """A tick count as a price."""
