@@ -184,11 +184,12 @@ def test_empty_sides_give_nan_derived_prices() -> None:
     assert b.top[2].tolist() == [0] * b.depth
 
 
-def test_views_are_best_first_and_share_storage(book: OrderBook) -> None:
+def test_level_arrays_are_best_first_and_detached(book: OrderBook) -> None:
     prices, sizes = book.bids(2)
     assert prices.tolist() == [10000, 9999]
     assert sizes.tolist() == [4, 6]
-    assert prices.base is not None  # a view, not a copy
+    prices[0] = 1  # a copy in a book-owned buffer: writing to it cannot corrupt the book
+    assert book.best_bid == 10000
     assert book.asks(0)[0].size == 0
     assert book.asks(99)[0].tolist() == [10002, 10005]
 
