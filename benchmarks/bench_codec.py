@@ -4,7 +4,7 @@ Side by side, each producing the same numbers (sequence, timestamp in ns, float
 ``[price, size]`` rows):
 
 - ``stdlib``: ``json.loads`` of the frame and of each level string, ``float()`` per value;
-- ``orjson``: the same with ``orjson.loads`` (benchmark-only dependency, skipped if absent);
+- ``orjson``: the same with ``orjson.loads`` (a test dependency);
 - ``FrameDecoder.decode``: the codec (typed msgspec envelope, levels scanned into its arena);
 - ``decode + OrderBook.apply_delta``: the feed's hot path, deltas with increasing sequences.
 
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from flashmm._core.book import OK, OrderBook
@@ -83,7 +84,6 @@ def test_stdlib_json(benchmark: Any) -> None:
 
 @pytest.mark.benchmark(group="decode-book-frame")
 def test_orjson(benchmark: Any) -> None:
-    orjson = pytest.importorskip("orjson")
     loads = orjson.loads
 
     def run() -> tuple:
