@@ -301,11 +301,17 @@ def test_default_model_path() -> None:
     assert default_model_path() == Path(flashmm.__file__).parent / "models" / "default.json"
 
 
-def test_load_default_when_shipped() -> None:
-    if not default_model_path().exists():
-        pytest.skip("the default model file is not shipped yet")
+def test_packaged_default_model_is_real_and_reports_held_out_accuracy() -> None:
     m = Model.load_default()
-    assert m.predict(np.zeros(NF)).shape == (N_OUT,)
+    assert m.horizon_ms == 200
+    assert np.any(m.weights != 0.0)  # fitted, not the uniform placeholder
+    for key in ("test_accuracy", "test_majority_baseline", "test_log_loss", "test_samples"):
+        assert key in m.metadata
+    # held-out log loss beats the class prior: the model knows something
+    assert m.metadata["test_log_loss"] < m.metadata["test_log_loss_prior"]
+    p = m.predict(np.zeros(NF))
+    assert p.shape == (N_OUT,)
+    assert p[:3].sum() == pytest.approx(1.0)
 
 
 # Every way a file can be wrong: (contents, the words the message must contain).
