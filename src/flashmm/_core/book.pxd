@@ -38,6 +38,7 @@ cdef class OrderBook:
     cdef readonly cnp.ndarray top
 
     cdef int _ensure_scratch(self, Py_ssize_t rows) except -1
+    cdef int _frame_units(self, cnp.ndarray bids, cnp.ndarray asks) except -1
     cdef int _to_units(self, const double* rows, Py_ssize_t n, int64_t* out) noexcept nogil
     cdef int _check_unique(self, int64_t* rows, Py_ssize_t n, int64_t sign) except -1
     cdef tuple _export(self, Side* side, bint is_bid, object n)

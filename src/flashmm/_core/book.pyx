@@ -84,28 +84,24 @@ cdef enum:
     _SCAN = 8  # levels scanned back from the best before a binary search
 
 
+cdef void* _realloc(void* p, size_t nbytes) except NULL:
+    """``PyMem_Realloc`` that raises MemoryError (leaving ``p`` valid) instead of NULL."""
+    cdef void* q = PyMem_Realloc(p, nbytes)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
 cdef int _side_reserve(Side* s, Py_ssize_t blocks) except -1:
     """Make room for ``blocks`` chunks; chunks in use keep their blocks and levels."""
     if blocks <= s.cap:
         return 0
     cdef Py_ssize_t cap = max(blocks, 2 * s.cap)
     cdef Py_ssize_t b
-    cdef void* p = PyMem_Realloc(s.pool, cap * _BLOCK * sizeof(int64_t))
-    if p == NULL:
-        raise MemoryError()
-    s.pool = <int64_t*>p
-    p = PyMem_Realloc(s.lo, cap * sizeof(int64_t))
-    if p == NULL:
-        raise MemoryError()
-    s.lo = <int64_t*>p
-    p = PyMem_Realloc(s.blk, cap * sizeof(Py_ssize_t))
-    if p == NULL:
-        raise MemoryError()
-    s.blk = <Py_ssize_t*>p
-    p = PyMem_Realloc(s.cnt, cap * sizeof(Py_ssize_t))
-    if p == NULL:
-        raise MemoryError()
-    s.cnt = <Py_ssize_t*>p
+    s.pool = <int64_t*>_realloc(s.pool, cap * _BLOCK * sizeof(int64_t))
+    s.lo = <int64_t*>_realloc(s.lo, cap * sizeof(int64_t))
+    s.blk = <Py_ssize_t*>_realloc(s.blk, cap * sizeof(Py_ssize_t))
+    s.cnt = <Py_ssize_t*>_realloc(s.cnt, cap * sizeof(Py_ssize_t))
     for b in range(s.cap, cap):
         s.blk[b] = b  # the new blocks are free
     s.cap = cap
@@ -587,6 +583,22 @@ cdef class OrderBook:
 
     # ------------------------------------------------------------------ frames
 
+    cdef int _frame_units(self, cnp.ndarray bids, cnp.ndarray asks) except -1:
+        """Bids then asks into the scratch rows as (ticks, lots).
+
+        1 if any level is invalid: the book is then marked out of sync (a sequenced
+        update is lost) and nothing else changes.
+        """
+        cdef Py_ssize_t nb = cnp.PyArray_DIM(bids, 0)
+        cdef Py_ssize_t na = cnp.PyArray_DIM(asks, 0)
+        self._ensure_scratch(nb + na)
+        cdef int64_t* rows = <int64_t*>cnp.PyArray_DATA(self._scratch_arr)
+        if (self._to_units(<double*>cnp.PyArray_DATA(bids), nb, rows) != 0
+                or self._to_units(<double*>cnp.PyArray_DATA(asks), na, rows + 2 * nb) != 0):
+            self.is_valid = False
+            return 1
+        return 0
+
     def apply_snapshot(self, cnp.ndarray bids, cnp.ndarray asks, int64_t sequence):
         """Replace the book with ``bids``/``asks`` (``(n, 2)`` float64 price/size rows).
 
@@ -599,12 +611,9 @@ cdef class OrderBook:
             return _STALE
         cdef Py_ssize_t nb = cnp.PyArray_DIM(bids, 0)
         cdef Py_ssize_t na = cnp.PyArray_DIM(asks, 0)
-        self._ensure_scratch(nb + na)
-        cdef int64_t* rows = <int64_t*>cnp.PyArray_DATA(self._scratch_arr)
-        if (self._to_units(<double*>cnp.PyArray_DATA(bids), nb, rows) != 0
-                or self._to_units(<double*>cnp.PyArray_DATA(asks), na, rows + 2 * nb) != 0):
-            self.is_valid = False
+        if self._frame_units(bids, asks) != 0:
             return _REJECTED
+        cdef int64_t* rows = <int64_t*>cnp.PyArray_DATA(self._scratch_arr)
         # Both sides are sorted and checked, and their storage reserved, before the
         # book is touched.
         if self._check_unique(rows, nb, 1) != 0 or self._check_unique(rows + 2 * nb, na, -1) != 0:
@@ -665,12 +674,9 @@ cdef class OrderBook:
             return _GAP
         cdef Py_ssize_t nb = cnp.PyArray_DIM(bids, 0)
         cdef Py_ssize_t na = cnp.PyArray_DIM(asks, 0)
-        self._ensure_scratch(nb + na)
-        cdef int64_t* rows = <int64_t*>cnp.PyArray_DATA(self._scratch_arr)
-        if (self._to_units(<double*>cnp.PyArray_DATA(bids), nb, rows) != 0
-                or self._to_units(<double*>cnp.PyArray_DATA(asks), na, rows + 2 * nb) != 0):
-            self.is_valid = False
+        if self._frame_units(bids, asks) != 0:
             return _REJECTED
+        cdef int64_t* rows = <int64_t*>cnp.PyArray_DATA(self._scratch_arr)
         cdef Py_ssize_t* where = <Py_ssize_t*>cnp.PyArray_DATA(self._where_arr)
         try:
             _set_levels(&self._bids, rows, nb, where)
