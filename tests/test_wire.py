@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flashmm._core.wire import LevelsFormatError, max_levels, parse_levels, parse_rfc3339_ns
+from flashmm._core.wire import (
+    LevelsFormatError,
+    format_levels_fixed,
+    max_levels,
+    parse_levels,
+    parse_rfc3339_ns,
+)
 
 
 def parse(text: str) -> np.ndarray:
@@ -120,3 +126,49 @@ def test_timestamps_equal_datetime(dt: datetime, nanos: int, offset_min: int) ->
 def test_bad_timestamps_raise_value_error(text: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (each case has its own message)
         parse_rfc3339_ns(text)
+
+
+# ---------------------------------------------------------------- level lists out
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 10**12), st.integers(0, 10**12)), min_size=0, max_size=20),
+    st.integers(0, 3),
+    st.integers(0, 3),
+)
+def test_fixed_levels_match_python_formatting_on_the_grid(
+    units: list[tuple[int, int]], price_dp: int, size_dp: int
+) -> None:
+    rows = np.array(
+        [[p / 10**price_dp, s / 10**size_dp] for p, s in units], dtype=np.float64
+    ).reshape(-1, 2)
+    text = format_levels_fixed(rows, price_dp, size_dp)
+    expected = [[f"{p:.{price_dp}f}", f"{s:.{size_dp}f}"] for p, s in rows.tolist()]
+    assert json.loads(text) == expected
+    # and the reader gets the same doubles back
+    out = np.empty((max_levels(text), 2))
+    k = parse_levels(text, out)
+    assert np.array_equal(out[:k], rows)
+
+
+@pytest.mark.parametrize(
+    ("row", "what"),
+    [
+        ([0.0, 1.0], "price"),
+        ([0.00004, 1.0], "price"),  # rounds to 0 with 4 decimals
+        ([float("nan"), 1.0], "price"),
+        ([1.0, -1.0], "size"),
+        ([1.0, float("inf")], "size"),
+        ([1e12, 1.0], "price"),  # 1e12 * 1e4 >= 2**53: not exact any more
+    ],
+)
+def test_fixed_levels_refuse_values_they_cannot_write(row: list[float], what: str) -> None:
+    with pytest.raises(ValueError, match=what):
+        format_levels_fixed(np.array([row]), 4, 0)
+
+
+def test_fixed_levels_check_their_arguments() -> None:
+    with pytest.raises(TypeError):
+        format_levels_fixed(np.zeros((2, 3)), 2, 2)
+    with pytest.raises(ValueError, match="decimals"):
+        format_levels_fixed(np.zeros((0, 2)), 19, 2)

@@ -15,7 +15,7 @@ hex floats, a negative size and a non-positive price are errors.
 
 cimport numpy as cnp
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport isfinite
+from libc.math cimport isfinite, llround
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport strtod
 
@@ -300,3 +300,92 @@ def parse_rfc3339_ns(str text):
     cdef int64_t secs = (_days_from_civil(year, month, day) * 86400
                          + hour * 3600 + minute * 60 + second - offset)
     return secs * 1_000_000_000 + frac
+
+
+# ---------------------------------------------------------------- level lists out
+
+cdef Py_ssize_t _put_fixed(char* buf, Py_ssize_t j, int64_t v, int dp) noexcept nogil:
+    """Write ``v / 10**dp`` (``v >= 0``) as a plain decimal with ``dp`` fraction digits."""
+    cdef char[24] tmp
+    cdef int k = 0
+    cdef int i
+    while True:
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        k += 1
+        if v == 0 and k > dp:
+            break
+    for i in range(k - 1, -1, -1):
+        if i == dp - 1:
+            buf[j] = c'.'
+            j += 1
+        buf[j] = tmp[i]
+        j += 1
+    return j
+
+
+cdef int _scaled(double x, int dp, int64_t* out) noexcept nogil:
+    cdef double y
+    if not isfinite(x):
+        return -1
+    y = x * _POW10[dp]
+    if y >= 9007199254740992.0 or y <= -9007199254740992.0:  # 2**53: no longer exact
+        return -2
+    out[0] = llround(y)
+    return 0
+
+
+def format_levels_fixed(cnp.ndarray rows, int price_decimals, int size_decimals):
+    """``(n, 2)`` float64 ``[price, size]`` rows as ``[["0.4501","100"],...]``.
+
+    Each value is rounded to its number of decimals (0 to 18). Raises ``ValueError``
+    for a non-finite value, a price that rounds to <= 0, a negative size, or a value
+    too large to round exactly (``|x| * 10**decimals >= 2**53``).
+    """
+    if (cnp.PyArray_TYPE(rows) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(rows) != 2
+            or cnp.PyArray_DIM(rows, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(rows)):
+        raise TypeError("rows must be a C-contiguous float64 array of shape (n, 2)")
+    if not (0 <= price_decimals <= 18 and 0 <= size_decimals <= 18):
+        raise ValueError("decimals must be in [0, 18]")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(rows, 0)
+    cdef const double* r = <const double*>cnp.PyArray_DATA(rows)
+    # 2 x (19 digits + point + sign room) + 9 punctuation characters per row
+    cdef bytearray out = bytearray(2 + n * 56)
+    cdef char* buf = out
+    cdef Py_ssize_t j = 0
+    cdef Py_ssize_t i
+    cdef int64_t p, s
+    cdef int bad = 0
+    with nogil:
+        buf[j] = c'['
+        j += 1
+        for i in range(n):
+            if _scaled(r[2 * i], price_decimals, &p) != 0 or p <= 0:
+                bad = 1
+                break
+            if _scaled(r[2 * i + 1], size_decimals, &s) != 0 or s < 0:
+                bad = 2
+                break
+            if i:
+                buf[j] = c','
+                j += 1
+            buf[j] = c'['
+            buf[j + 1] = c'"'
+            j = _put_fixed(buf, j + 2, p, price_decimals)
+            buf[j] = c'"'
+            buf[j + 1] = c','
+            buf[j + 2] = c'"'
+            j = _put_fixed(buf, j + 3, s, size_decimals)
+            buf[j] = c'"'
+            buf[j + 1] = c']'
+            j += 2
+        buf[j] = c']'
+        j += 1
+    if bad:
+        what = "price" if bad == 1 else "size"
+        raise ValueError(
+            f"row {i}: {what} {r[2 * i + bad - 1]!r} is not finite, out of range "
+            f"or rounds to an invalid value with {price_decimals if bad == 1 else size_decimals} "
+            "decimals"
+        )
+    return out[:j].decode("ascii")

@@ -55,7 +55,13 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
-from flashmm._core.wire import LevelsFormatError, max_levels, parse_levels, parse_rfc3339_ns
+from flashmm._core.wire import (
+    LevelsFormatError,
+    format_levels_fixed,
+    max_levels,
+    parse_levels,
+    parse_rfc3339_ns,
+)
 
 __all__ = [
     "KNOWN_EVENT_TYPES",
@@ -78,7 +84,9 @@ __all__ = [
     "decode_request",
     "encode_ack",
     "encode_error",
+    "encode_events",
     "encode_notification",
+    "encode_notification_raw",
     "encode_subscribe",
     "encode_unsubscribe",
     "format_levels",
@@ -776,6 +784,7 @@ def encode_error(
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_last_second: list = [None, ""]
 
 
 def format_rfc3339_ns(timestamp_ns: int) -> str:
@@ -787,11 +796,15 @@ def format_rfc3339_ns(timestamp_ns: int) -> str:
     if not -(2**63) <= timestamp_ns <= _INT64_MAX:
         raise ValueError(f"timestamp out of the int64 ns range: {timestamp_ns}")
     secs, frac = divmod(timestamp_ns, 1_000_000_000)
-    t = _EPOCH + timedelta(seconds=secs)
-    return (
-        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-        f".{frac:09d}Z"
-    )
+    cached_secs, prefix = _last_second
+    if secs != cached_secs:
+        # A feed formats many timestamps within one second: build the date part once.
+        t = _EPOCH + timedelta(seconds=secs)
+        prefix = (
+            f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
+        )
+        _last_second[:] = (secs, prefix)
+    return f"{prefix}{frac:09d}Z"
 
 
 def _format_decimal(x: float, decimals: int | None) -> str:
@@ -826,6 +839,10 @@ def format_levels(
     rows = np.asarray(levels, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != 2:
         raise ValueError(f"levels must have shape (n, 2), got {rows.shape}")
+    if price_decimals is not None and size_decimals is not None:
+        # The fixed-point writer checks finiteness and signs itself, without numpy's
+        # per-call overhead (this is the simulator's per-frame path).
+        return format_levels_fixed(np.ascontiguousarray(rows), price_decimals, size_decimals)
     if not np.isfinite(rows).all():
         raise ValueError("levels must be finite")
     if (rows[:, 0] <= 0).any() or (rows[:, 1] < 0).any():
@@ -881,6 +898,33 @@ def _event_dict(event: Event, price_decimals: int | None, size_decimals: int | N
     raise TypeError(f"cannot encode {type(event).__name__} as a venue event")
 
 
+def encode_events(
+    events: list[BookUpdate | Trade | MarketStatus],
+    *,
+    price_decimals: int | None = None,
+    size_decimals: int | None = None,
+) -> bytes:
+    """The JSON ``events`` list of a notification (see :func:`encode_notification`).
+
+    A server sending one update to many subscriptions encodes it once and wraps it per
+    subscription with :func:`encode_notification_raw`.
+    """
+    _check_decimals(price_decimals, "price_decimals")
+    _check_decimals(size_decimals, "size_decimals")
+    return _ENCODE([_event_dict(e, price_decimals, size_decimals) for e in events])
+
+
+def encode_notification_raw(request_id: int | str | None, query: str, events_json: bytes) -> bytes:
+    """A notification around an ``events`` list already encoded by :func:`encode_events`."""
+    return _ENCODE(
+        {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "result": {"query": query, "events": msgspec.Raw(events_json)},
+        }
+    )
+
+
 def encode_notification(
     request_id: int | str | None,
     query: str,
@@ -895,7 +939,5 @@ def encode_notification(
     prices and sizes use ``price_decimals``/``size_decimals`` digits (``None``: the
     shortest exact decimal), so decoding gives back the same values for on-grid input.
     """
-    _check_decimals(price_decimals, "price_decimals")
-    _check_decimals(size_decimals, "size_decimals")
-    body = [_event_dict(e, price_decimals, size_decimals) for e in events]
-    return _ENCODE({"jsonrpc": "2.0", "id": request_id, "result": {"query": query, "events": body}})
+    body = encode_events(events, price_decimals=price_decimals, size_decimals=size_decimals)
+    return encode_notification_raw(request_id, query, body)
