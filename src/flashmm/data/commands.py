@@ -1,0 +1,299 @@
+"""``flashmm data``: convert recordings into event files and inspect them."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from flashmm.data.events import (
+    EventFile,
+    EventFileError,
+    EventHeader,
+    EventKind,
+    batch_bounds,
+    load_events,
+    save_events,
+)
+
+app = typer.Typer(
+    name="data",
+    help="Recorded market data: convert it into event files (.npz) and inspect them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_err = Console(stderr=True, soft_wrap=True, highlight=False)
+_out = Console(soft_wrap=True, highlight=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def convert(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Recorded file(s): one continuous recording, in order.",
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Event file to write (.npz).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto, binance (capture) or frames (venue frames).")
+    ] = "auto",
+    market: Annotated[
+        str | None,
+        typer.Option(
+            help="Market id to record (frames: which market, default the first seen; "
+            "binance: the name to store, default the stream symbol)."
+        ),
+    ] = None,
+    tick_size: Annotated[
+        float | None, typer.Option(help="Price increment; inferred from the data if omitted.")
+    ] = None,
+    lot_size: Annotated[
+        float | None, typer.Option(help="Size increment; inferred from the data if omitted.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Convert recorded market data into an event file; nothing is written on error."""
+    from flashmm.data.convert import ConvertError, InputFormat
+    from flashmm.data.convert import convert as run_convert
+
+    try:
+        input_format = InputFormat(fmt)
+    except ValueError:
+        raise _fail(f"--format must be one of: {', '.join(f.value for f in InputFormat)}") from None
+    if output.is_dir():
+        raise _fail(f"{output} is a directory; name the .npz file to write")
+    if not output.parent.is_dir():
+        raise _fail(f"{output.parent}: no such directory")
+    if any(output.resolve() == path.resolve() for path in inputs):
+        raise _fail(f"{output} is also an input; write the events to another file")
+
+    bar = Progress(
+        TextColumn("convert"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=_err,
+        disable=not (progress and _err.is_terminal),
+    )
+    done_before = 0
+    last_file_bytes = 0
+
+    def on_progress(file_bytes: int) -> None:
+        nonlocal done_before, last_file_bytes
+        if file_bytes < last_file_bytes:  # the next file started
+            done_before += last_file_bytes
+        last_file_bytes = file_bytes
+        bar.update(task, completed=done_before + file_bytes)
+
+    started = time.perf_counter()
+    try:
+        with bar:
+            task = bar.add_task("convert", total=sum(p.stat().st_size for p in inputs))
+            result = run_convert(
+                list(inputs),
+                fmt=input_format,
+                market=market,
+                tick_size=tick_size,
+                lot_size=lot_size,
+                on_progress=on_progress,
+            )
+    except ConvertError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        save_events(output, result.file.header, result.file.events)
+    except EventFileError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    elapsed = time.perf_counter() - started
+
+    info = _summarize(output, result.file)
+    header = result.file.header
+    kinds = info.kinds
+    _err.print(
+        f"wrote {output}: {header.market}, tick {header.tick_size:g}, lot {header.lot_size:g}; "
+        f"{info.rows:,} rows: {_batches(kinds, EventKind.DEPTH_SNAPSHOT)} snapshots, "
+        f"{_batches(kinds, EventKind.DEPTH_DELTA)} depth updates, "
+        f"{_batches(kinds, EventKind.TRADE)} trades over {_duration(info.duration_s)}; "
+        f"{elapsed:.2f} s",
+        markup=False,
+    )
+    if result.dropped_stale:
+        _err.print(
+            f"left out {_plural(result.dropped_stale, 'depth update')} the book already "
+            "contained (older than its snapshot)",
+            markup=False,
+        )
+    if result.dropped_unsynced:
+        _err.print(
+            f"left out {_plural(result.dropped_unsynced, 'depth update')} that came before "
+            "the first snapshot",
+            markup=False,
+        )
+    if result.other_markets:
+        others = ", ".join(f"{k} ({v})" for k, v in sorted(result.other_markets.items()))
+        _err.print(f"events of other markets left out: {others}", markup=False)
+
+
+class KindCount(msgspec.Struct):
+    rows: int
+    batches: int
+
+
+class FileInfo(msgspec.Struct):
+    """What ``flashmm data info --json`` prints."""
+
+    path: str
+    header: EventHeader
+    rows: int
+    batches: int
+    kinds: dict[str, KindCount]
+    local_first_ns: int | None
+    local_last_ns: int | None
+    exch_first_ns: int | None
+    exch_last_ns: int | None
+    duration_s: float
+    trade_price_min: str | None
+    trade_price_max: str | None
+    level_price_min: str | None
+    level_price_max: str | None
+    first_seq: int | None
+    last_seq: int | None
+
+
+def _summarize(path: Path, file: EventFile) -> FileInfo:
+    header, ev = file.header, file.events
+    kind = ev["kind"]
+    starts, ends = batch_bounds(ev)
+    rows_by_kind = np.bincount(kind, minlength=len(EventKind) + 1)
+    batches_by_kind = np.bincount(kind[ends - 1], minlength=len(EventKind) + 1)
+    kinds = {
+        k.name: KindCount(int(rows_by_kind[k]), int(batches_by_kind[k]))
+        for k in EventKind
+        if rows_by_kind[k]
+    }
+    depth = (kind == EventKind.DEPTH_SNAPSHOT) | (kind == EventKind.DEPTH_DELTA)
+    levels = ev["price"][depth & (ev["side"] != 0)]
+    trades = ev["price"][kind == EventKind.TRADE]
+    seqs = ev["seq"][depth]
+    market_rows = ev[depth | (kind == EventKind.TRADE)]
+    local, exch = ev["local_ts"], market_rows["exch_ts"]
+
+    def price(values: np.ndarray, pick: str) -> str | None:
+        if values.size == 0:
+            return None
+        ticks = int(values.min() if pick == "min" else values.max())
+        return f"{header.to_price(ticks):.{header.price_decimals}f}"
+
+    return FileInfo(
+        path=str(path),
+        header=header,
+        rows=len(ev),
+        batches=len(starts),
+        kinds=kinds,
+        local_first_ns=int(local[0]) if len(ev) else None,
+        local_last_ns=int(local[-1]) if len(ev) else None,
+        exch_first_ns=int(exch.min()) if len(exch) else None,
+        exch_last_ns=int(exch.max()) if len(exch) else None,
+        duration_s=(int(local[-1]) - int(local[0])) / 1e9 if len(ev) else 0.0,
+        trade_price_min=price(trades, "min"),
+        trade_price_max=price(trades, "max"),
+        level_price_min=price(levels, "min"),
+        level_price_max=price(levels, "max"),
+        first_seq=int(seqs[0]) if len(seqs) else None,
+        last_seq=int(seqs[-1]) if len(seqs) else None,
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    suffix = "" if count == 1 else ("es" if noun.endswith("ch") else "s")
+    return f"{count:,} {noun}{suffix}"
+
+
+def _batches(kinds: dict[str, KindCount], kind: EventKind) -> str:
+    count = kinds.get(kind.name)
+    return f"{count.batches if count else 0:,}"
+
+
+def _utc(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    seconds, frac = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp}.{frac // 1_000_000:03d} UTC"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:04.1f}s"
+    if minutes:
+        return f"{minutes}m {secs:04.1f}s"
+    return f"{secs:.3f}s"
+
+
+def _span(low: str | None, high: str | None) -> str:
+    return "-" if low is None else f"{low} to {high}"
+
+
+@app.command()
+def info(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Event file (.npz).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Describe an event file: market, rows by kind, batches, time span, prices, sequences."""
+    try:
+        loaded = load_events(file)
+    except EventFileError as exc:
+        raise _fail(str(exc)) from None
+    summary = _summarize(file, loaded)
+    if as_json:
+        typer.echo(msgspec.json.encode(summary).decode())
+        return
+    h = summary.header
+    lines = [
+        ("file", summary.path),
+        ("market", f"{h.market} (tick {h.tick_size:g}, lot {h.lot_size:g})"),
+        ("source", f"{h.source}: {', '.join(h.inputs) or '-'}"),
+        ("format", f"version {h.version}, written by {h.created_by}"),
+        ("rows", f"{summary.rows:,} in {_plural(summary.batches, 'batch')}"),
+        *(
+            (f"  {name}", f"{_plural(c.rows, 'row')} in {_plural(c.batches, 'batch')}")
+            for name, c in summary.kinds.items()
+        ),
+        ("local time", f"{_utc(summary.local_first_ns)} to {_utc(summary.local_last_ns)}"),
+        ("duration", _duration(summary.duration_s)),
+        ("exchange time", f"{_utc(summary.exch_first_ns)} to {_utc(summary.exch_last_ns)}"),
+        ("trade prices", _span(summary.trade_price_min, summary.trade_price_max)),
+        ("book prices", _span(summary.level_price_min, summary.level_price_max)),
+        ("sequence", _span(_opt(summary.first_seq), _opt(summary.last_seq))),
+    ]
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        _out.print(f"{key:<{width}}  {value}", markup=False)
+
+
+def _opt(value: int | None) -> str | None:
+    return None if value is None else str(value)
