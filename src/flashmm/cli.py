@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flashmm import __version__
+from flashmm.data import commands as data_commands
 
 app = typer.Typer(
     name="flashmm",
@@ -20,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.add_typer(data_commands.app, name="data")
 
 
 @app.callback()
@@ -144,6 +149,77 @@ def replay(
     if report.other_markets:
         others = ", ".join(f"{k} ({v})" for k, v in report.other_markets.most_common())
         _err.print(f"events of other markets ignored: {others}", highlight=False)
+
+
+@app.command()
+def sim(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", exists=True, dir_okay=False, help="TOML file over the defaults."
+        ),
+    ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write {pid, urls} here as JSON once every socket listens."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    market_data_port: Annotated[
+        int | None, typer.Option(help="Port of WS /websocket (0: any free port).")
+    ] = None,
+    order_entry_port: Annotated[
+        int | None, typer.Option(help="Port of REST /v1 and WS /v1/stream (0: any free port).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the local venue: market data, order entry, matching, market flow and faults."""
+    import logging
+
+    import msgspec
+    import uvloop
+
+    from flashmm.venue.sim.config import SimConfigError, load_config
+    from flashmm.venue.sim.server import SimServer, write_ready_file
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise _fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config)
+        overrides = {
+            k: v
+            for k, v in (
+                ("host", host),
+                ("market_data_port", market_data_port),
+                ("order_entry_port", order_entry_port),
+            )
+            if v is not None
+        }
+        if overrides:
+            server = msgspec.structs.replace(cfg.server, **overrides)
+            cfg = msgspec.structs.replace(cfg, server=server)
+    except SimConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    async def serve() -> None:
+        sim_server = SimServer(cfg)
+        try:
+            urls = await sim_server.start()
+        except (SimConfigError, OSError, ValueError) as exc:
+            await sim_server.stop()
+            raise _fail(str(exc)) from None
+        if ready_file is not None:
+            write_ready_file(ready_file, sim_server.ready_payload())
+        for name, url in urls.items():
+            _err.print(f"{name:12s} {url}", highlight=False)
+        try:
+            await sim_server.wait()
+        finally:
+            await sim_server.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
+        uvloop.run(serve())
 
 
 def main() -> None:
