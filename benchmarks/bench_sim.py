@@ -41,6 +41,7 @@ from flashmm.venue.sim.config import (
     RateLimitConfig,
     SimConfig,
 )
+from flashmm.venue.sim.exchange import ReplayTape
 from flashmm.venue.sim.server import SimServer
 
 FRAMES = 20_000
@@ -189,17 +190,16 @@ def _feed_burst(loop: asyncio.AbstractEventLoop, sim: SimServer, client: _Counte
 
 
 def _exchange_burst(
-    loop: asyncio.AbstractEventLoop, sim: SimServer, client: _Counter, rows: np.ndarray
+    loop: asyncio.AbstractEventLoop, sim: SimServer, client: _Counter, tape: ReplayTape
 ) -> float:
     ex = sim.exchange
     market = ex.markets["SEI/USDC"]
-    width = 10
 
     async def burst() -> float:
         done = client.expect(FRAMES)
         t0 = time.perf_counter()
         for i in range(FRAMES):
-            ex.apply_replay_batch(market, rows[i * width : (i + 1) * width])
+            ex.apply_replay_step(market, tape, i)
             if i % 128 == 0:
                 await asyncio.sleep(0)
         await done
@@ -212,11 +212,11 @@ def _exchange_burst(
 def test_market_data_frames_per_second(benchmark, path: str) -> None:
     with running_sim() as (loop, sim):
         client = loop.run_until_complete(_subscriber(sim))
-        rows = _delta_rows(FRAMES)
+        tape = ReplayTape(_delta_rows(FRAMES))
         if path == "feed":
             run = lambda: _feed_burst(loop, sim, client)  # noqa: E731
         else:
-            run = lambda: _exchange_burst(loop, sim, client, rows)  # noqa: E731
+            run = lambda: _exchange_burst(loop, sim, client, tape)  # noqa: E731
         seconds = benchmark.pedantic(run, rounds=3, iterations=1)
         assert client.count >= FRAMES + 2
         assert b'"kind":"delta"' in client.last
@@ -274,9 +274,9 @@ def test_order_round_trip(benchmark) -> None:
 def main() -> None:
     with running_sim() as (loop, sim):
         client = loop.run_until_complete(_subscriber(sim))
-        rows = _delta_rows(FRAMES)
+        tape = ReplayTape(_delta_rows(FRAMES))
         feed = [FRAMES / _feed_burst(loop, sim, client) for _ in range(5)]
-        exchange = [FRAMES / _exchange_burst(loop, sim, client, rows) for _ in range(5)]
+        exchange = [FRAMES / _exchange_burst(loop, sim, client, tape) for _ in range(5)]
         print(f"market data, 5-level deltas, one subscriber, {FRAMES} frames x 5 rounds:")
         print(f"  feed only        median {statistics.median(feed):>9,.0f} frames/s")
         print(f"  through exchange median {statistics.median(exchange):>9,.0f} frames/s")

@@ -52,10 +52,11 @@ async def test_resting_orders_fill_from_recorded_trades_behind_the_queue() -> No
         ex = sim.exchange
         market = ex.markets["BTC/USDT"]
         events = ex.load_replay(market)
-        batches = iter(ex.replay_batches(market, events))
-        for start, end, _ in batches:  # up to and including the first snapshot
-            ex.apply_replay_batch(market, events[start:end])
-            if events["kind"][start] == EventKind.DEPTH_SNAPSHOT:
+        tape = ex.replay_tape(events)
+        steps = iter(range(len(tape)))
+        for k in steps:  # up to and including the first snapshot
+            ex.apply_replay_step(market, tape, k)
+            if tape.kinds[k] == EventKind.DEPTH_SNAPSHOT:
                 break
         bid = market.book.best_bid()
         queue_ahead = market.book.outside_size(1, bid)
@@ -86,14 +87,13 @@ async def test_resting_orders_fill_from_recorded_trades_behind_the_queue() -> No
         assert account is not None
         traded_at, traded_through, min_displayed = 0, 0, queue_ahead
         fill = None
-        for start, end, _ in batches:
-            batch = events[start:end]
-            kind, side, px = batch["kind"][0], batch["side"][0], batch["price"][0]
-            if kind == EventKind.TRADE and side == -1 and px == bid:
-                traded_at += int(batch["size"][0])
-            if kind == EventKind.TRADE and side == -1 and px < bid:
-                traded_through += int(batch["size"][0])
-            ex.apply_replay_batch(market, batch)
+        for k in steps:
+            side, px, size = tape.rows[tape.starts[k]]
+            if tape.kinds[k] == EventKind.TRADE and side == -1 and px == bid:
+                traded_at += size
+            if tape.kinds[k] == EventKind.TRADE and side == -1 and px < bid:
+                traded_through += size
+            ex.apply_replay_step(market, tape, k)
             if account.seq > 2:  # an event beyond the two acks
                 fill = await stream.recv_json()
                 break
@@ -120,9 +120,10 @@ def test_replay_book_matches_the_recording_at_every_snapshot() -> None:
     market = ex.markets["BTC/USDT"]
     events = ex.load_replay(market)
     checked = 0
-    for start, end, _ in itertools.islice(ex.replay_batches(market, events), 3000):
-        batch = events[start:end]
-        ex.apply_replay_batch(market, batch)
+    tape = ex.replay_tape(events)
+    for k in range(3000):
+        batch = events[tape.starts[k] : tape.ends[k]]
+        ex.apply_replay_step(market, tape, k)
         if batch["kind"][0] == EventKind.DEPTH_SNAPSHOT:
             bids, asks = market.book.depth(1 << 30)
             rows = batch[batch["size"] > 0]

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from flashmm.venue.order_entry import (
     from_units,
     to_units,
 )
-from flashmm.venue.protocol import Trade, encode_events, format_rfc3339_ns
+from flashmm.venue.protocol import Trade, format_rfc3339_ns
 from flashmm.venue.sim import faults as F
 from flashmm.venue.sim.accounts import Account as LedgerAccount
 from flashmm.venue.sim.accounts import (
@@ -71,7 +72,7 @@ from flashmm.venue.sim.matching import (
 )
 from flashmm.venue.sim.synthetic import CancelLimit, MarketOrder, PlaceLimit, SyntheticFlow
 
-__all__ = ["Account", "Exchange", "OrderError", "StreamGap"]
+__all__ = ["Account", "Exchange", "OrderError", "ReplayTape", "StreamGap"]
 
 log = logging.getLogger("flashmm.sim")
 
@@ -90,6 +91,26 @@ class OrderError(Exception):
         super().__init__(message)
         self.code = code
         self.details = details
+
+
+class ReplayTape:
+    """A recording as plain Python lists: what the replay loop reads per venue update.
+
+    Converting once up front keeps numpy's per-call overhead out of a loop that applies
+    tens of thousands of updates per second.
+    """
+
+    def __init__(self, events: np.ndarray) -> None:
+        starts, ends = batch_bounds(events)
+        self.starts: list[int] = starts.tolist()
+        self.ends: list[int] = ends.tolist()
+        last = ends - 1
+        self.kinds: list[int] = events["kind"][last].tolist()
+        self.times: list[int] = events["local_ts"][last].tolist()
+        self.rows: list[tuple[int, int, int]] = events[["side", "price", "size"]].tolist()
+
+    def __len__(self) -> int:
+        return len(self.kinds)
 
 
 class StreamGap(Exception):
@@ -133,11 +154,15 @@ class _Market:
     tick: float
     lot: float
     status: str
+    scale: np.ndarray = field(init=False)  # [tick, lot]: ticks and lots to prices and sizes
     sequence: int = 0
     skip: int = 0
     flow: SyntheticFlow | None = None
     flow_orders: dict[int, int] = field(default_factory=dict)  # flow id -> order number
     flow_ids: dict[int, int] = field(default_factory=dict)  # order number -> flow id
+
+    def __post_init__(self) -> None:
+        self.scale = np.array([self.tick, self.lot])
 
     @property
     def market_id(self) -> str:
@@ -157,7 +182,7 @@ class Exchange:
         self._forced_429: list[float] = []
         self._reject_next: list[str] = []
         self._stream_closers: list[Callable[[], None]] = []
-        self._replays: dict[str, np.ndarray] = {}
+        self._replays: dict[str, ReplayTape] = {}
         assets = {a.symbol: Asset(a.symbol, a.denom, a.decimals) for a in config.assets}
         self.markets: dict[str, _Market] = {}
         for m in config.markets:
@@ -546,13 +571,9 @@ class Exchange:
         market.sequence += 1 + market.skip
         market.skip = 0
         if self.market_data is not None:
+            rows = self._levels(market, bids + asks)  # one conversion for both sides
             self.market_data.publish_book(
-                market.market_id,
-                market.sequence,
-                False,
-                self._levels(market, bids),
-                self._levels(market, asks),
-                now,
+                market.market_id, market.sequence, False, rows[: len(bids)], rows[len(bids) :], now
             )
 
     def publish_snapshots(self) -> None:
@@ -575,9 +596,9 @@ class Exchange:
 
     @staticmethod
     def _levels(market: _Market, levels: list[tuple[int, int]]) -> np.ndarray:
-        rows = np.array(levels, dtype=np.float64).reshape(-1, 2)
-        rows[:, 0] *= market.tick
-        rows[:, 1] *= market.lot
+        rows = np.fromiter(chain.from_iterable(levels), np.float64, 2 * len(levels))
+        rows = rows.reshape(-1, 2)
+        rows *= market.scale
         return rows
 
     # --------------------------------------------------------------- market flow
@@ -639,55 +660,46 @@ class Exchange:
                 await asyncio.sleep(delay)
             self.apply_flow_action(market, action)
 
-    def replay_batches(self, market: _Market, events: np.ndarray) -> list[tuple[int, int, int]]:
-        """``(start, end, local_ts)`` of each batch of a replay file."""
-        starts, ends = batch_bounds(events)
-        ts = events["local_ts"][ends - 1] if len(ends) else np.empty(0, np.int64)
-        return list(zip(starts.tolist(), ends.tolist(), ts.tolist(), strict=True))
+    def replay_tape(self, events: np.ndarray) -> ReplayTape:
+        """``events`` (checked rows of an event file) ready to replay step by step."""
+        return ReplayTape(events)
 
-    def apply_replay_batch(self, market: _Market, batch: np.ndarray) -> None:
-        """One recorded venue update: a snapshot, a delta, or a trade."""
+    def apply_replay_step(self, market: _Market, tape: ReplayTape, k: int) -> None:
+        """Replay the recording's ``k``-th venue update: a snapshot, a delta, or a trade."""
+        kind = tape.kinds[k]
+        rows = tape.rows[tape.starts[k] : tape.ends[k]]
         book = market.book
-        kind = int(batch["kind"][0])
         now = self.clock()
-        if kind == EventKind.DEPTH_SNAPSHOT:
-            side = batch["side"]
-            bids = batch[side == 1]
-            asks = batch[side == -1]
+        if kind == EventKind.DEPTH_DELTA:
+            events = book.set_outside_levels(rows, now)
+        elif kind == EventKind.TRADE:
+            side, price, size = rows[0]
+            events = book.outside_trade(price, size, side, now)
+        elif kind == EventKind.DEPTH_SNAPSHOT:
             events = book.replace_outside(
-                zip(bids["price"].tolist(), bids["size"].tolist(), strict=True),
-                zip(asks["price"].tolist(), asks["size"].tolist(), strict=True),
+                [(p, q) for s, p, q in rows if s == 1 and q],
+                [(p, q) for s, p, q in rows if s == -1 and q],
                 now,
             )
-        elif kind == EventKind.DEPTH_DELTA:
-            events = []
-            for side, price, size in zip(
-                batch["side"].tolist(), batch["price"].tolist(), batch["size"].tolist(), strict=True
-            ):
-                events.extend(book.set_outside_level(side, price, size, now))
-        elif kind == EventKind.TRADE:
-            row = batch[0]
-            events = book.outside_trade(int(row["price"]), int(row["size"]), int(row["side"]), now)
         else:
             return  # own-order events of a recording: not market flow
         self._apply(market, events)
 
-    async def _run_replay(self, market: _Market, events: np.ndarray) -> None:
+    async def _run_replay(self, market: _Market, tape: ReplayTape) -> None:
         loop = asyncio.get_running_loop()
         speed = market.config.replay.speed
-        batches = self.replay_batches(market, events)
-        if not batches:
+        if not tape.kinds:
             return
         while True:
-            start_t, first_ts = loop.time(), batches[0][2]
-            for k, (start, end, ts) in enumerate(batches):
+            start_t, first_ts = loop.time(), tape.times[0]
+            for k, ts in enumerate(tape.times):
                 if speed > 0:
                     delay = start_t + (ts - first_ts) / 1e9 / speed - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 elif k % 64 == 0:
                     await asyncio.sleep(0)  # as fast as possible, but let clients in
-                self.apply_replay_batch(market, events[start:end])
+                self.apply_replay_step(market, tape, k)
             if not market.config.replay.loop:
                 return
             log.info("%s: replay starts over", market.market_id)
@@ -716,7 +728,7 @@ class Exchange:
         """Load and check every replay file now (:class:`SimConfigError` if one is bad)."""
         for market in self.markets.values():
             if market.config.source == "replay" and market.market_id not in self._replays:
-                self._replays[market.market_id] = self.load_replay(market)
+                self._replays[market.market_id] = ReplayTape(self.load_replay(market))
 
     async def run(self) -> None:
         """Run every market's flow, the periodic snapshots and the scheduled faults."""
@@ -862,6 +874,3 @@ def _decimals(step: Decimal) -> int:
 
 def _text(value: Decimal) -> str:
     return format(value.normalize() if value else Decimal(0), "f")
-
-
-__all__ += ["encode_events"]  # re-exported for the fault tests' frame building

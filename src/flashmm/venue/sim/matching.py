@@ -445,8 +445,27 @@ class MatchingBook:
         level = book_side.level(price_ticks)
         self._set_outside(book_side, level, size_lots)
         events: list[Event] = []
-        if size_lots and not self._halted:
+        if size_lots and self._open and not self._halted:
             self._cross_outside(book_side, level, ts, events)
+        return events
+
+    def set_outside_levels(self, levels: Iterable[tuple[int, int, int]], ts: int) -> list[Event]:
+        """One recorded delta: :meth:`set_outside_level` for each ``(side, price, size)``,
+        in order. The rows are checked first, so a bad row changes nothing."""
+        rows = list(levels)
+        for side, price_ticks, size_lots in rows:
+            if (side != BUY and side != SELL) or price_ticks <= 0 or size_lots < 0:
+                _check_side(side, InvalidMarketData)  # raise the specific error
+                _check_level(price_ticks, size_lots)
+        events: list[Event] = []
+        for side, price_ticks, size_lots in rows:
+            book_side = self._bids if side == BUY else self._asks
+            if size_lots == 0 and price_ticks not in book_side.levels:
+                continue
+            level = book_side.level(price_ticks)
+            self._set_outside(book_side, level, size_lots)
+            if size_lots and self._open and not self._halted:
+                self._cross_outside(book_side, level, ts, events)
         return events
 
     def clear_outside(self, side: int | None = None) -> None:
