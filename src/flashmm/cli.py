@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -173,7 +172,9 @@ def sim(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the local venue: market data, order entry, matching, market flow and faults."""
+    import asyncio
     import logging
+    import signal
 
     import msgspec
     import uvloop
@@ -209,17 +210,22 @@ def sim(
         except (SimConfigError, OSError, ValueError) as exc:
             await sim_server.stop()
             raise _fail(str(exc)) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         if ready_file is not None:
             write_ready_file(ready_file, sim_server.ready_payload())
         for name, url in urls.items():
             _err.print(f"{name:12s} {url}", highlight=False)
         try:
-            await sim_server.wait()
+            await sim_server.wait(stop)
         finally:
             await sim_server.stop()
+            if ready_file is not None:
+                ready_file.unlink(missing_ok=True)  # nobody should wait on a stopped server
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
-        uvloop.run(serve())
+    uvloop.run(serve())
 
 
 def main() -> None:

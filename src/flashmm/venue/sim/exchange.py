@@ -108,6 +108,7 @@ class ReplayTape:
         self.kinds: list[int] = events["kind"][last].tolist()
         self.times: list[int] = events["local_ts"][last].tolist()
         self.rows: list[tuple[int, int, int]] = events[["side", "price", "size"]].tolist()
+        self.primed = 0  # steps applied before the replay loop starts
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -690,9 +691,11 @@ class Exchange:
         speed = market.config.replay.speed
         if not tape.kinds:
             return
+        first = tape.primed  # the steps start_replays applied already
         while True:
-            start_t, first_ts = loop.time(), tape.times[0]
-            for k, ts in enumerate(tape.times):
+            start_t, first_ts = loop.time(), tape.times[first]
+            for k in range(first, len(tape)):
+                ts = tape.times[k]
                 if speed > 0:
                     delay = start_t + (ts - first_ts) / 1e9 / speed - loop.time()
                     if delay > 0:
@@ -702,6 +705,7 @@ class Exchange:
                 self.apply_replay_step(market, tape, k)
             if not market.config.replay.loop:
                 return
+            first = 0
             log.info("%s: replay starts over", market.market_id)
 
     def load_replay(self, market: _Market) -> np.ndarray:
@@ -725,10 +729,15 @@ class Exchange:
         return loaded.events
 
     def load_replays(self) -> None:
-        """Load and check every replay file now (:class:`SimConfigError` if one is bad)."""
+        """Load every replay file and apply its first update, so that each replayed market
+        has its recorded book before anyone connects (:class:`SimConfigError` if a file
+        is bad)."""
         for market in self.markets.values():
             if market.config.source == "replay" and market.market_id not in self._replays:
-                self._replays[market.market_id] = ReplayTape(self.load_replay(market))
+                tape = self._replays[market.market_id] = ReplayTape(self.load_replay(market))
+                if len(tape):
+                    self.apply_replay_step(market, tape, 0)
+                    tape.primed = 1
 
     async def run(self) -> None:
         """Run every market's flow, the periodic snapshots and the scheduled faults."""

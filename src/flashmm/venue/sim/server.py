@@ -29,6 +29,13 @@ __all__ = ["SimServer", "write_ready_file"]
 log = logging.getLogger("flashmm.sim")
 
 
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn as one part of a process: signals belong to the process that embeds it."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
 class SimServer:
     """The whole simulator; ``async with SimServer(config) as sim:`` in tests."""
 
@@ -73,7 +80,7 @@ class SimServer:
             lifespan="off",
             timeout_graceful_shutdown=1,
         )
-        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn = _EmbeddedUvicorn(config)
         self._tasks.append(asyncio.create_task(self._uvicorn.serve(sockets=[sock])))
         while not self._uvicorn.started:
             if self._tasks[0].done():
@@ -97,11 +104,20 @@ class SimServer:
             "markets": [m.market_id for m in self.config.markets],
         }
 
-    async def wait(self) -> None:
-        """Until a task stops (an error) or the server is asked to exit."""
-        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+    async def wait(self, stop: asyncio.Event | None = None) -> None:
+        """Until ``stop`` is set, or a task ends (it raises what stopped that task)."""
+        waiters: set[asyncio.Future[Any]] = set(self._tasks)
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        if stopper is not None:
+            waiters.add(stopper)
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
         for task in done:
-            task.result()
+            if task is not stopper:
+                task.result()
 
     async def stop(self) -> None:
         """Close every connection and socket; returns once all is closed."""
