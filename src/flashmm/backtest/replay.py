@@ -17,7 +17,6 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
@@ -26,7 +25,8 @@ import numpy as np
 from flashmm._core.book import OK, BookStatus
 from flashmm._core.model import OUT_CONFIDENCE, OUT_DIRECTION, OUT_MOVE_BPS, Model
 from flashmm._core.quoting import QO_ASK, QO_ASK_SIZE, QO_BID, QO_BID_SIZE
-from flashmm.data import binance
+from flashmm.data import binance, convert
+from flashmm.data.convert import InputFormat
 from flashmm.data.increments import IncrementError, decimals_of, infer_increment
 from flashmm.data.lines import read_lines
 from flashmm.engine.pipeline import MarketPipeline
@@ -55,10 +55,7 @@ class ReplayError(ValueError):
     """The replay cannot start or cannot go on (unknown format, no grid, no market)."""
 
 
-class FeedFormat(StrEnum):
-    AUTO = "auto"
-    BINANCE = "binance"
-    FRAMES = "frames"
+FeedFormat = InputFormat  # the formats replay reads are those convert reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +105,10 @@ class ReplayReport:
 
 def detect_format(path: Path) -> FeedFormat:
     """Tell the two formats apart by the first line's JSON."""
-    for _, line in read_lines(path):
-        body = line.partition(b" ")[2].lstrip()
-        if body.startswith((b'{"stream"', b'{"lastUpdateId"')):
-            return FeedFormat.BINANCE
-        if b'"jsonrpc"' in body:
-            return FeedFormat.FRAMES
-        raise ReplayError(
-            f"{path}: first line is neither a Binance capture message nor a venue frame"
-        )
-    raise ReplayError(f"{path}: the file is empty")
+    try:
+        return convert.detect_format(path)
+    except convert.ConvertError as exc:
+        raise ReplayError(str(exc)) from None
 
 
 # ----------------------------------------------------------------- binance source
@@ -198,7 +189,11 @@ def frame_events(
 def frames_market_and_increments(
     path: Path, market: str | None, tick: float | None, lot: float | None
 ) -> tuple[str, float, float]:
-    """The market to replay (the first one seen by default) and its tick and lot size."""
+    """The market to replay (the first one seen by default) and its tick and lot size.
+
+    Unlike ``flashmm data convert``, which refuses a file with an unreadable line, replay
+    skips such lines here too: it infers from what it can read.
+    """
     decoder = FrameDecoder()
     prices: list[np.ndarray] = []
     sizes: list[np.ndarray] = []
