@@ -332,6 +332,7 @@ async def test_halt_open_and_close_a_market(sim, admin, rest, stream) -> None:
         assert isinstance(event, MarketStatus) and event.market_id == "SEI/USDC"
         return event.status
 
+    assert await status() == "open"  # a new subscriber hears the status first
     resting = await place(rest, order("b1", "buy", "0.3900", "1"))
     await stream.recv_json()
 

@@ -92,6 +92,8 @@ async def test_trades_and_market_status_notifications(sim, rest, other_rest) -> 
     md = await connect(sim.urls["market_data"])
     await subscribe(md, "Trade", "SEI/USDC", 7)
     await subscribe(md, "MarketStatus", "SEI/USDC", 8)
+    current = FrameDecoder().decode(await md.recv())  # the status now comes first
+    assert current.id == 8 and current.events == [MarketStatus("SEI/USDC", "open")]
     await rest.post("/v1/orders", json=order("b1", "buy", "0.4000", "3"))
     await rest.post("/v1/orders", json=order("b2", "buy", "0.3999", "5"))
     await other_rest.post(

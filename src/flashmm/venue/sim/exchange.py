@@ -407,6 +407,9 @@ class Exchange:
             self._levels(market, asks),
         )
 
+    def market_status(self, market_id: str) -> str:
+        return self.markets[market_id].status
+
     def market_formats(self) -> dict[str, MarketFormat]:
         return {m.market_id: m.fmt for m in self.markets.values()}
 

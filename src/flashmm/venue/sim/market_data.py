@@ -158,19 +158,22 @@ class MarketDataServer:
     """WS ``/websocket`` for a set of markets; the exchange calls the ``publish_*`` methods.
 
     ``book_state(market_id)`` must return the market's current :class:`BookState`
-    (sent to each new ``OrderBookUpdate`` subscriber).
+    (sent to each new ``OrderBookUpdate`` subscriber), and ``market_status(market_id)``
+    its status (sent to each new ``MarketStatus`` subscriber).
     """
 
     def __init__(
         self,
         markets: dict[str, MarketFormat],
         book_state: Callable[[str], BookState],
+        market_status: Callable[[str], str] = lambda market_id: "open",
         *,
         max_message_bytes: int = 64 * 1024,
         max_buffered_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.markets = dict(markets)
         self.book_state = book_state
+        self.market_status = market_status
         self.max_message_bytes = max_message_bytes
         self.max_buffered_bytes = max_buffered_bytes
         self.counters: dict[str, int] = {
@@ -265,6 +268,10 @@ class MarketDataServer:
             client.send(encode_ack(request.id))
             if event_type == "OrderBookUpdate":
                 self._send_snapshot(sub, market_id)
+            elif event_type == "MarketStatus":  # what it is now, then every change
+                status = MarketStatus(market_id, self.market_status(market_id))
+                events = encode_events([status])
+                self._emit(client, encode_notification_raw(sub.request_id, sub.query, events))
         else:
             sub = client.subscriptions.pop(query, None)
             if sub is None:

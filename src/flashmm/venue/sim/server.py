@@ -45,6 +45,7 @@ class SimServer:
         self.market_data = MarketDataServer(
             self.exchange.market_formats(),
             self.exchange.book_state,
+            self.exchange.market_status,
             max_message_bytes=config.server.max_request_bytes,
         )
         self.exchange.market_data = self.market_data
