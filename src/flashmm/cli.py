@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 
 from flashmm import __version__
+from flashmm._console import (
+    FormatOption,
+    LotSizeOption,
+    ProgressOption,
+    TickSizeOption,
+    err,
+    fail,
+    file_progress,
+)
 from flashmm.data import commands as data_commands
 
 app = typer.Typer(
@@ -37,14 +45,6 @@ def version() -> None:
     typer.echo(__version__)
 
 
-_err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code=2)
-
-
 @app.command()
 def replay(
     files: Annotated[
@@ -56,22 +56,16 @@ def replay(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="CSV file to write (default: stdout).")
     ] = None,
-    fmt: Annotated[
-        str, typer.Option("--format", help="auto, binance (capture) or frames (venue frames).")
-    ] = "auto",
-    tick_size: Annotated[
-        float | None, typer.Option(help="Price increment; inferred from the data if omitted.")
-    ] = None,
-    lot_size: Annotated[
-        float | None, typer.Option(help="Size increment; inferred from the data if omitted.")
-    ] = None,
+    fmt: FormatOption = "auto",
+    tick_size: TickSizeOption = None,
+    lot_size: LotSizeOption = None,
     market: Annotated[
         str | None, typer.Option(help="Market to replay from venue frames (default: first seen).")
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="Model file (default: the packaged model).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Run a recorded feed through codec, book, features, model and quoting; write CSV.
 
@@ -85,40 +79,19 @@ def replay(
     try:
         feed_format = FeedFormat(fmt)
     except ValueError:
-        raise _fail(f"--format must be one of: {', '.join(f.value for f in FeedFormat)}") from None
+        raise fail(f"--format must be one of: {', '.join(f.value for f in FeedFormat)}") from None
     for name, value in (("--tick-size", tick_size), ("--lot-size", lot_size)):
         if value is not None and not value > 0:
-            raise _fail(f"{name} must be a positive number, got {value}")
+            raise fail(f"{name} must be a positive number, got {value}")
     try:
         loaded = Model.load(model) if model is not None else Model.load_default()
     except ModelFileError as exc:
-        raise _fail(str(exc)) from None
-
-    total = sum(f.stat().st_size for f in files)
-    show = progress and _err.is_terminal
-    bar = Progress(
-        TextColumn("replay"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=_err,
-        disable=not show,
-    )
-    done_before = 0
-    last_file_bytes = 0
-
-    def on_progress(file_bytes: int) -> None:
-        nonlocal done_before, last_file_bytes
-        if file_bytes < last_file_bytes:  # the next file started
-            done_before += last_file_bytes
-        last_file_bytes = file_bytes
-        bar.update(task, completed=done_before + file_bytes)
+        raise fail(str(exc)) from None
 
     out = output.open("w", newline="") if output is not None else sys.stdout
     started = time.perf_counter()
     try:
-        with bar:
-            task = bar.add_task("replay", total=total)
+        with file_progress("replay", list(files), progress) as on_progress:
             report = run_replay(
                 list(files),
                 out,
@@ -130,24 +103,24 @@ def replay(
                 on_progress=on_progress,
             )
     except ReplayError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     finally:
         if output is not None:
             out.close()
     elapsed = time.perf_counter() - started
 
     for bad in report.first_bad_lines:
-        _err.print(f"[yellow]skipped[/] {bad}", highlight=False, markup=True)
+        err.print(f"[yellow]skipped[/] {escape(str(bad))}")
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items()))
-    _err.print(
+    err.print(
         f"{report.market}: tick {report.tick_size:g}, lot {report.lot_size:g}; "
         f"{report.rows} rows, {report.trades} trades, book statuses: {statuses or 'none'}; "
         f"{report.bad_lines} unreadable lines skipped; {elapsed:.2f} s",
-        highlight=False,
+        markup=False,
     )
     if report.other_markets:
         others = ", ".join(f"{k} ({v})" for k, v in report.other_markets.most_common())
-        _err.print(f"events of other markets ignored: {others}", highlight=False)
+        err.print(f"events of other markets ignored: {others}", markup=False)
 
 
 @app.command()
@@ -184,7 +157,7 @@ def sim(
 
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
-        raise _fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
+        raise fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(config)
@@ -201,7 +174,7 @@ def sim(
             server = msgspec.structs.replace(cfg.server, **overrides)
             cfg = msgspec.structs.replace(cfg, server=server)
     except SimConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     async def serve() -> None:
         sim_server = SimServer(cfg)
@@ -209,7 +182,7 @@ def sim(
             urls = await sim_server.start()
         except (SimConfigError, OSError, ValueError) as exc:
             await sim_server.stop()
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -217,7 +190,7 @@ def sim(
         if ready_file is not None:
             write_ready_file(ready_file, sim_server.ready_payload())
         for name, url in urls.items():
-            _err.print(f"{name:12s} {url}", highlight=False)
+            err.print(f"{name:12s} {url}", highlight=False)
         try:
             await sim_server.wait(stop)
         finally:

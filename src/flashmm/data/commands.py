@@ -11,9 +11,16 @@ import msgspec
 import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from flashmm._console import (
+    FormatOption,
+    LotSizeOption,
+    ProgressOption,
+    TickSizeOption,
+    err,
+    fail,
+    file_progress,
+)
 from flashmm.data.events import (
     EventFile,
     EventFileError,
@@ -32,13 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_err = Console(stderr=True, soft_wrap=True, highlight=False)
 _out = Console(soft_wrap=True, highlight=False)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code=2)
 
 
 @app.command()
@@ -53,9 +54,7 @@ def convert(
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Event file to write (.npz).")],
-    fmt: Annotated[
-        str, typer.Option("--format", help="auto, binance (capture) or frames (venue frames).")
-    ] = "auto",
+    fmt: FormatOption = "auto",
     market: Annotated[
         str | None,
         typer.Option(
@@ -63,13 +62,9 @@ def convert(
             "binance: the name to store, default the stream symbol)."
         ),
     ] = None,
-    tick_size: Annotated[
-        float | None, typer.Option(help="Price increment; inferred from the data if omitted.")
-    ] = None,
-    lot_size: Annotated[
-        float | None, typer.Option(help="Size increment; inferred from the data if omitted.")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    tick_size: TickSizeOption = None,
+    lot_size: LotSizeOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Convert recorded market data into an event file; nothing is written on error."""
     from flashmm.data.convert import ConvertError, InputFormat
@@ -78,36 +73,17 @@ def convert(
     try:
         input_format = InputFormat(fmt)
     except ValueError:
-        raise _fail(f"--format must be one of: {', '.join(f.value for f in InputFormat)}") from None
+        raise fail(f"--format must be one of: {', '.join(f.value for f in InputFormat)}") from None
     if output.is_dir():
-        raise _fail(f"{output} is a directory; name the .npz file to write")
+        raise fail(f"{output} is a directory; name the .npz file to write")
     if not output.parent.is_dir():
-        raise _fail(f"{output.parent}: no such directory")
+        raise fail(f"{output.parent}: no such directory")
     if any(output.resolve() == path.resolve() for path in inputs):
-        raise _fail(f"{output} is also an input; write the events to another file")
-
-    bar = Progress(
-        TextColumn("convert"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=_err,
-        disable=not (progress and _err.is_terminal),
-    )
-    done_before = 0
-    last_file_bytes = 0
-
-    def on_progress(file_bytes: int) -> None:
-        nonlocal done_before, last_file_bytes
-        if file_bytes < last_file_bytes:  # the next file started
-            done_before += last_file_bytes
-        last_file_bytes = file_bytes
-        bar.update(task, completed=done_before + file_bytes)
+        raise fail(f"{output} is also an input; write the events to another file")
 
     started = time.perf_counter()
     try:
-        with bar:
-            task = bar.add_task("convert", total=sum(p.stat().st_size for p in inputs))
+        with file_progress("convert", list(inputs), progress) as on_progress:
             result = run_convert(
                 list(inputs),
                 fmt=input_format,
@@ -117,19 +93,19 @@ def convert(
                 on_progress=on_progress,
             )
     except ConvertError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         save_events(output, result.file.header, result.file.events)
     except EventFileError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except OSError as exc:
-        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+        raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
     elapsed = time.perf_counter() - started
 
     info = _summarize(output, result.file)
     header = result.file.header
     kinds = info.kinds
-    _err.print(
+    err.print(
         f"wrote {output}: {header.market}, tick {header.tick_size:g}, lot {header.lot_size:g}; "
         f"{info.rows:,} rows: {_batches(kinds, EventKind.DEPTH_SNAPSHOT)} snapshots, "
         f"{_batches(kinds, EventKind.DEPTH_DELTA)} depth updates, "
@@ -138,20 +114,20 @@ def convert(
         markup=False,
     )
     if result.dropped_stale:
-        _err.print(
+        err.print(
             f"left out {_plural(result.dropped_stale, 'depth update')} the book already "
             "contained (older than its snapshot)",
             markup=False,
         )
     if result.dropped_unsynced:
-        _err.print(
+        err.print(
             f"left out {_plural(result.dropped_unsynced, 'depth update')} that came before "
             "the first snapshot",
             markup=False,
         )
     if result.other_markets:
         others = ", ".join(f"{k} ({v})" for k, v in sorted(result.other_markets.items()))
-        _err.print(f"events of other markets left out: {others}", markup=False)
+        err.print(f"events of other markets left out: {others}", markup=False)
 
 
 class KindCount(msgspec.Struct):
@@ -267,7 +243,7 @@ def info(
     try:
         loaded = load_events(file)
     except EventFileError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     summary = _summarize(file, loaded)
     if as_json:
         typer.echo(msgspec.json.encode(summary).decode())
