@@ -36,6 +36,7 @@ __all__ = [
     "PositionUpdate",
     "StreamEvent",
     "UnitsError",
+    "decimal_text",
     "decode_stream_event",
     "encode_stream_event",
     "from_units",
@@ -277,7 +278,11 @@ def to_units(text: str, increment: Decimal, field: str) -> int:
     return int(units)
 
 
+def decimal_text(value: Decimal) -> str:
+    """``value`` as a plain decimal string without trailing zeros (never in exponent form)."""
+    return format(value.normalize() if value else Decimal(0), "f")
+
+
 def from_units(units: int, increment: Decimal) -> str:
     """``units * increment`` as a plain decimal string (never in exponent form)."""
-    value = units * increment
-    return format(value.normalize() if value else Decimal(0), "f")
+    return decimal_text(units * increment)

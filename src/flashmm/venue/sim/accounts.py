@@ -35,6 +35,7 @@ from typing import Final, ParamSpec, TypeVar
 
 import msgspec
 
+from flashmm.venue.order_entry import decimal_text
 from flashmm.venue.sim.matching import BUY, SELL, Fill
 
 __all__ = [
@@ -113,8 +114,8 @@ class InsufficientBalance(LedgerError):
 
     def __init__(self, account: str, asset: str, required: Decimal, available: Decimal) -> None:
         super().__init__(
-            f"account {account!r} needs {_plain(required)} {asset} available for this order "
-            f"but has {_plain(available)} {asset} available"
+            f"account {account!r} needs {decimal_text(required)} {asset} available for this order "
+            f"but has {decimal_text(available)} {asset} available"
         )
         self.account = account
         self.asset = asset
@@ -126,8 +127,8 @@ class InsufficientBalance(LedgerError):
         """For an API error's ``details``: amounts as plain decimal strings."""
         return {
             "asset": self.asset,
-            "required": _plain(self.required),
-            "available": _plain(self.available),
+            "required": decimal_text(self.required),
+            "available": decimal_text(self.available),
         }
 
 
@@ -576,7 +577,3 @@ class Ledger:
 
 def _ceil(amount: Decimal, asset: Asset) -> Decimal:
     return amount.quantize(asset.unit, rounding=ROUND_CEILING)
-
-
-def _plain(value: Decimal) -> str:
-    return format(value.normalize() if value else Decimal(0), "f")

@@ -41,6 +41,7 @@ from flashmm.venue.order_entry import (
     PositionUpdate,
     StreamEvent,
     UnitsError,
+    decimal_text,
     encode_stream_event,
     from_units,
     to_units,
@@ -129,7 +130,6 @@ class _OrderRecord:
     size_lots: int
     created: str
     filled_lots: int = 0
-    open: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -179,10 +179,9 @@ class Exchange:
         self.market_data: MarketDataServer | None = None
         self.fault_counts: dict[str, int] = dict.fromkeys(F.FAULT_NAMES, 0)
         self._numbers = itertools.count(1)
-        self._orders: dict[str, tuple[_Market, Account | None, int]] = {}
+        self._orders: dict[str, tuple[_Market, Account, int]] = {}  # by order id
         self._forced_429: list[float] = []
         self._reject_next: list[str] = []
-        self._stream_closers: list[Callable[[], None]] = []
         self._replays: dict[str, ReplayTape] = {}
         assets = {a.symbol: Asset(a.symbol, a.denom, a.decimals) for a in config.assets}
         self.markets: dict[str, _Market] = {}
@@ -298,7 +297,6 @@ class Exchange:
         self._orders[record.order_id] = (market, account, number)
         if self._reject_next:
             reason = self._reject_next.pop(0)
-            record.open = False
             self._emit(
                 account,
                 OrderRejected(
@@ -330,7 +328,7 @@ class Exchange:
 
     def cancel_order(self, account: Account, order_id: str) -> None:
         found = self._orders.get(order_id)
-        if found is None or found[1] is not account or found[2] not in _open_ids(found[0]):
+        if found is None or found[1] is not account or found[0].book.order_state(found[2]) is None:
             raise OrderError(ErrorCode.UNKNOWN_ORDER, f"no open order {order_id} for this account")
         market, _, number = found
         self._apply(market, market.book.cancel(number, account.name))
@@ -436,16 +434,10 @@ class Exchange:
                     sink(frame)
         account.sinks.append(sink)
 
-        def close() -> None:
-            sink(None)
-
         def detach() -> None:
             if sink in account.sinks:
                 account.sinks.remove(sink)
-            if close in self._stream_closers:  # else every stream ever opened is kept
-                self._stream_closers.remove(close)
 
-        self._stream_closers.append(close)
         return detach
 
     def _emit(self, account: Account, event: StreamEvent) -> None:
@@ -484,9 +476,7 @@ class Exchange:
                 self._flow_event(market, ev)
                 continue
             number = ev.order.order_id if kind is Accepted else ev.order_id
-            market_acc = self._orders[str(number)]
-            account = market_acc[1]
-            assert account is not None
+            account = self._orders[str(number)][1]
             client_id = ev.order.client_order_id if kind is Accepted else ev.client_order_id
             record = account.orders[client_id]
             if kind is Accepted:
@@ -509,8 +499,6 @@ class Exchange:
             elif kind is Fill:
                 fee = self.ledger.settle(ev, spec)
                 record.filled_lots += ev.size_lots
-                if ev.remaining_lots == 0:
-                    record.open = False
                 self._emit(
                     account,
                     ExecutionReport(
@@ -526,7 +514,7 @@ class Exchange:
                         cumulative_quantity=from_units(record.filled_lots, spec.lot_size),
                         remaining_quantity=from_units(ev.remaining_lots, spec.lot_size),
                         liquidity_type=ev.liquidity,
-                        fee=_text(fee),
+                        fee=decimal_text(fee),
                         fee_asset=spec.quote.symbol,
                         status="filled" if ev.remaining_lots == 0 else "partially_filled",
                     ),
@@ -534,7 +522,6 @@ class Exchange:
                 self._emit(account, self._position(account, market, stamp))
             elif kind is Cancelled:
                 self.ledger.release(spec, number)
-                record.open = False
                 self._emit(
                     account,
                     OrderCancelled(
@@ -555,7 +542,9 @@ class Exchange:
         spec = market.spec
         position = self.ledger.position(account.name, spec)
         balances = {
-            asset.symbol: BalanceView(total=_text(b.total), available=_text(b.available))
+            asset.symbol: BalanceView(
+                total=decimal_text(b.total), available=decimal_text(b.available)
+            )
             for asset in (spec.base, spec.quote)
             for b in (self.ledger.balance(account.name, asset.symbol),)
         }
@@ -563,8 +552,8 @@ class Exchange:
             seq=0,
             timestamp=stamp,
             market_id=market.market_id,
-            position=_text(position.size),
-            average_entry_price=_text(position.avg_entry_price) if position.size else None,
+            position=decimal_text(position.size),
+            average_entry_price=decimal_text(position.avg_entry_price) if position.size else None,
             balances=balances,
         )
 
@@ -791,10 +780,10 @@ class Exchange:
                 if target in ("market_data", "all") and md is not None:
                     result["market_data_dropped"] = md.drop_connections()
                 if target in ("stream", "all"):
-                    closers, self._stream_closers = self._stream_closers, []
-                    for close in closers:
-                        close()
-                    result["streams_dropped"] = len(closers)
+                    sinks = [s for a in self.accounts.values() for s in a.sinks]
+                    for sink in sinks:
+                        sink(None)  # the stream's writer ends and closes its socket
+                    result["streams_dropped"] = len(sinks)
             case F.SkipSequence(market_id=market_id, count=count):
                 self._market(market_id).skip += count
                 result["skipped"] = count
@@ -863,10 +852,6 @@ class Exchange:
 _GARBAGE = b'{"jsonrpc":"2.0","id":1,"result":{"events":[{"type":"OrderBookUpdate","attri'
 
 
-def _open_ids(market: _Market) -> Any:
-    return market.book._open
-
-
 def _units(text: str, increment: Decimal, field: str) -> int:
     try:
         return to_units(text, increment, field)
@@ -882,7 +867,3 @@ def _units(text: str, increment: Decimal, field: str) -> int:
 def _decimals(step: Decimal) -> int:
     exponent = step.normalize().as_tuple().exponent
     return max(0, -int(exponent))
-
-
-def _text(value: Decimal) -> str:
-    return format(value.normalize() if value else Decimal(0), "f")

@@ -72,10 +72,13 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> Fas
     limit = RateLimitItemPerSecond(exchange.config.rate_limit.orders_per_second)
 
     def request_id_of(request: Request) -> str:
-        given = request.headers.get("x-request-id")
-        if given and len(given) <= 128:
-            return given
-        return f"sim-{next(request_ids)}"
+        """The client's ``X-Request-ID``, or one made once per request."""
+        rid = getattr(request.state, "request_id", None)
+        if rid is None:
+            given = request.headers.get("x-request-id")
+            rid = given if given and len(given) <= 128 else f"sim-{next(request_ids)}"
+            request.state.request_id = rid
+        return rid
 
     def answer(
         request_id: str,
@@ -149,66 +152,53 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> Fas
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise _Failure(ErrorCode.INVALID_REQUEST, str(exc)) from None
 
-    def order_failure(exc: OrderError) -> _Failure:
-        return _Failure(exc.code, str(exc), exc.details)
+    # A handler raises what refuses its request; these turn it into the envelope.
+    @app.exception_handler(_Failure)
+    async def refused(request: Request, failure: _Failure) -> Response:
+        return answer(request_id_of(request), failure=failure)
+
+    @app.exception_handler(OrderError)
+    async def refused_by_venue(request: Request, exc: OrderError) -> Response:
+        return answer(request_id_of(request), failure=_Failure(exc.code, str(exc), exc.details))
+
+    @app.exception_handler(FaultError)
+    async def bad_fault(request: Request, exc: FaultError) -> Response:
+        failure = _Failure(ErrorCode.INVALID_REQUEST, str(exc))
+        return answer(request_id_of(request), failure=failure)
 
     # -------------------------------------------------------------------- orders
     @app.post("/v1/orders")
     async def submit_order(request: Request) -> Response:
         """Validate and place an order; execution follows on ``/v1/stream``."""
-        rid = request_id_of(request)
-        try:
-            account = account_of(request)
-            check_rate(account)
-            order = decode(await body_of(request), OrderRequest)
-            order_id = exchange.place_order(account, order)
-        except _Failure as failure:
-            return answer(rid, failure=failure)
-        except OrderError as exc:
-            return answer(rid, failure=order_failure(exc))
-        return answer(rid, order_id=order_id)
+        account = account_of(request)
+        check_rate(account)
+        order = decode(await body_of(request), OrderRequest)
+        order_id = exchange.place_order(account, order)
+        return answer(request_id_of(request), order_id=order_id)
 
     @app.post("/v1/orders/cancel-all")
     async def cancel_all(request: Request) -> Response:
         """Cancel every open order of the account (of one market if given)."""
-        rid = request_id_of(request)
-        try:
-            account = account_of(request)
-            check_rate(account)
-            req = decode(await body_of(request), CancelAllRequest)
-            cancelled = exchange.cancel_all(account, req.market_id)
-        except _Failure as failure:
-            return answer(rid, failure=failure)
-        except OrderError as exc:
-            return answer(rid, failure=order_failure(exc))
-        return answer(rid, data={"cancelled": cancelled})
+        account = account_of(request)
+        check_rate(account)
+        req = decode(await body_of(request), CancelAllRequest)
+        cancelled = exchange.cancel_all(account, req.market_id)
+        return answer(request_id_of(request), data={"cancelled": cancelled})
 
     @app.delete("/v1/orders/{order_id}")
     async def cancel_order(order_id: str, request: Request) -> Response:
         """Cancel one open order; ``order_cancelled`` follows on the stream."""
-        rid = request_id_of(request)
-        try:
-            account = account_of(request)
-            check_rate(account)
-            exchange.cancel_order(account, order_id)
-        except _Failure as failure:
-            return answer(rid, failure=failure)
-        except OrderError as exc:
-            return answer(rid, failure=order_failure(exc))
-        return answer(rid, order_id=order_id)
+        account = account_of(request)
+        check_rate(account)
+        exchange.cancel_order(account, order_id)
+        return answer(request_id_of(request), order_id=order_id)
 
     @app.get("/v1/orders")
     async def open_orders(request: Request) -> Response:
         """The account's open orders (``?market_id=`` for one market)."""
-        rid = request_id_of(request)
-        try:
-            account = account_of(request)
-            orders = exchange.open_orders(account, request.query_params.get("market_id"))
-        except _Failure as failure:
-            return answer(rid, failure=failure)
-        except OrderError as exc:
-            return answer(rid, failure=order_failure(exc))
-        return answer(rid, data={"orders": orders})
+        account = account_of(request)
+        orders = exchange.open_orders(account, request.query_params.get("market_id"))
+        return answer(request_id_of(request), data={"orders": orders})
 
     # ------------------------------------------------------------------- markets
     @app.get("/v1/markets")
@@ -219,17 +209,11 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> Fas
     @app.get("/v1/markets/{market_id:path}/book")
     async def book(market_id: str, request: Request) -> Response:
         """The market's book with its sequence, to resync a feed (``?depth=N``, default all)."""
-        rid = request_id_of(request)
         raw_depth = request.query_params.get("depth", "0")
         if not raw_depth.isdigit():
-            return answer(
-                rid, failure=_Failure(ErrorCode.INVALID_REQUEST, "depth must be an integer >= 0")
-            )
-        try:
-            data = exchange.book_snapshot(market_id, int(raw_depth))
-        except OrderError as exc:
-            return answer(rid, failure=order_failure(exc))
-        return answer(rid, data=data)
+            raise _Failure(ErrorCode.INVALID_REQUEST, "depth must be an integer >= 0")
+        data = exchange.book_snapshot(market_id, int(raw_depth))
+        return answer(request_id_of(request), data=data)
 
     @app.get("/cosmos/bank/v1beta1/balances/{address}")
     async def balances(address: str) -> Response:
@@ -281,28 +265,16 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> Fas
     @app.get("/admin/faults")
     async def fault_counts(request: Request) -> Response:
         """What was injected so far, and the server's counters (loopback only)."""
-        rid = request_id_of(request)
-        if not _is_loopback(request):
-            return answer(rid, failure=_Failure(ErrorCode.FORBIDDEN, "admin is loopback only"))
-        return answer(rid, data=exchange.fault_report())
+        _require_loopback(request)
+        return answer(request_id_of(request), data=exchange.fault_report())
 
     @app.post("/admin/faults/{name}")
     async def inject(name: str, request: Request) -> Response:
         """Inject the fault ``name`` with the JSON body as its parameters (loopback only)."""
-        rid = request_id_of(request)
-        try:
-            if not _is_loopback(request):
-                raise _Failure(ErrorCode.FORBIDDEN, "admin is loopback only")
-            params = decode(await body_of(request), dict)  # type: ignore[arg-type]
-            fault = parse_fault(name, params)
-            result = exchange.inject(fault)
-        except _Failure as failure:
-            return answer(rid, failure=failure)
-        except FaultError as exc:
-            return answer(rid, failure=_Failure(ErrorCode.INVALID_REQUEST, str(exc)))
-        except OrderError as exc:
-            return answer(rid, failure=order_failure(exc))
-        return answer(rid, data=result)
+        _require_loopback(request)
+        params = decode(await body_of(request), dict)  # type: ignore[arg-type]
+        result = exchange.inject(parse_fault(name, params))
+        return answer(request_id_of(request), data=result)
 
     # Route misses and wrong methods answer in the venue's envelope too.
     @app.exception_handler(404)
@@ -334,5 +306,6 @@ async def _drain_client(websocket: WebSocket, queue: asyncio.Queue[bytes | None]
     queue.put_nowait(None)
 
 
-def _is_loopback(request: Request) -> bool:
-    return request.client is not None and request.client.host in _LOOPBACK
+def _require_loopback(request: Request) -> None:
+    if request.client is None or request.client.host not in _LOOPBACK:
+        raise _Failure(ErrorCode.FORBIDDEN, "admin is loopback only")
