@@ -5,8 +5,8 @@
   through the whole exchange (a replayed delta applied to the matching book, its level
   changes taken, encoded, sent, received);
 - order round trip: ``POST /v1/orders`` written to ``new_order_ack`` read from
-  ``/v1/stream`` (target p50 <= 500 µs), with a keep-alive HTTP/1.1 client written
-  on asyncio streams so that the client's cost stays small next to the server's.
+  ``/v1/stream`` (target p50 <= 500 µs), sent and read by the engine's own clients
+  (``flashmm.venue.gateway``), so the figure includes what the engine pays.
 
 Server and client share one uvloop loop: on this kind of machine a cross-process round
 trip pays for waking an idle core, which says more about the VM than about the venue.
@@ -23,15 +23,15 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
-import msgspec
 import numpy as np
 import pytest
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from flashmm.data.events import EVENT_DTYPE, LAST_IN_BATCH, EventKind
+from flashmm.venue.gateway import ExecutionStream, GatewaySettings, VenueGateway
+from flashmm.venue.order_entry import NewOrderAck, OrderCancelled, OrderRequest, StreamEvent
 from flashmm.venue.protocol import encode_subscribe
 from flashmm.venue.sim.config import (
     AccountConfig,
@@ -82,17 +82,12 @@ class _Counter(WSListener):
         self.target = 0
         self.done: asyncio.Future[None] | None = None
         self.last: bytes = b""
-        self.arrivals: dict[str, float] = {}
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
             return
         self.count += 1
         payload = frame.get_payload_as_bytes()
-        if payload.startswith(b'{"type":"new_order_ack"'):
-            # client_order_id is what the round trip is matched by
-            cid = msgspec.json.decode(payload)["client_order_id"]
-            self.arrivals[cid] = time.perf_counter()
         if self.done is not None and self.count >= self.target and not self.done.done():
             self.last = payload
             self.done.set_result(None)
@@ -101,35 +96,6 @@ class _Counter(WSListener):
         self.target = self.count + more
         self.done = asyncio.get_running_loop().create_future()
         return self.done
-
-
-class _Http:
-    """HTTP/1.1 keep-alive requests on one connection (bodies with Content-Length only)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, url: str) -> _Http:
-        parts = urlsplit(url)
-        return cls(*await asyncio.open_connection(parts.hostname, parts.port))
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: sim\r\nX-API-Key: {KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 @contextmanager
@@ -228,31 +194,51 @@ def test_market_data_frames_per_second(benchmark, path: str) -> None:
 
 
 async def _round_trips(sim: SimServer, n: int) -> tuple[list[float], list[float]]:
-    _, stream = await ws_connect(_Counter, sim.urls["stream"], extra_headers={"X-API-Key": KEY})
-    http = await _Http.open(sim.urls["order_entry"])
+    """Orders through the engine's own gateway; acks read by its own execution stream."""
+    settings = GatewaySettings(
+        rest_url=sim.urls["order_entry"], stream_url=sim.urls["stream"], api_key=KEY
+    )
+    acks: dict[str, float] = {}
+    cancels = 0
+
+    def on_event(event: StreamEvent) -> None:
+        nonlocal cancels
+        if isinstance(event, NewOrderAck):
+            acks[event.client_order_id] = time.perf_counter()
+        elif isinstance(event, OrderCancelled):
+            cancels += 1
+
+    stream = ExecutionStream(settings, on_event)
+    await stream.start()
     to_ack: list[float] = []
     to_answer: list[float] = []
     try:
-        for i in range(n):
-            cid = f"rt{next(_client_ids)}"  # never reused: a resend would be idempotent
-            body = (
-                b'{"market_id":"SEI/USDC","side":"buy","price":"0.3000","quantity":"1",'
-                b'"time_in_force":"POST_ONLY","client_order_id":"' + cid.encode() + b'"}'
-            )
-            acked = stream.expect(1)
-            t0 = time.perf_counter()
-            status, answer = await http.request("POST", "/v1/orders", body)
-            t1 = time.perf_counter()
-            assert status == 200, answer
-            await acked
-            to_answer.append(t1 - t0)
-            to_ack.append(stream.arrivals.pop(cid) - t0)
-            if i % 200 == 199:  # keep the book small: the cancel is not timed
-                cancelled = stream.expect(200)
-                await http.request("POST", "/v1/orders/cancel-all", b"{}")
-                await cancelled
+        async with VenueGateway(settings) as gateway:
+            for i in range(n):
+                cid = f"rt{next(_client_ids)}"  # never reused: a resend would be idempotent
+                req = OrderRequest(
+                    market_id="SEI/USDC",
+                    side="buy",
+                    price="0.3000",
+                    quantity="1",
+                    time_in_force="POST_ONLY",
+                    client_order_id=cid,
+                )
+                t0 = time.perf_counter()
+                answer = await gateway.submit(req)
+                t1 = time.perf_counter()
+                assert answer.success, answer
+                while cid not in acks:
+                    await asyncio.sleep(0)
+                to_answer.append(t1 - t0)
+                to_ack.append(acks.pop(cid) - t0)
+                if i % 200 == 199:  # keep the book small: the cancel is not timed
+                    goal = cancels + 200
+                    await gateway.cancel_all()
+                    while cancels < goal:
+                        await asyncio.sleep(0)
     finally:
-        http.close()
+        await stream.stop()
     return to_ack, to_answer
 
 
