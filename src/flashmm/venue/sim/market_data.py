@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -88,13 +88,7 @@ class _Subscription:
     client: _Client
     request_id: int | str
     query: str
-
-
-@dataclass(slots=True)
-class _Topic:
-    """The subscriptions of one (event type, market)."""
-
-    subscriptions: list[_Subscription] = field(default_factory=list)
+    topic: list[_Subscription]  # every subscription to this (event type, market)
 
 
 class _Client(WSListener):
@@ -184,8 +178,8 @@ class MarketDataServer:
             "slow_clients_dropped": 0,
             "frames_sent": 0,
         }
-        self._topics: dict[tuple[str, str], _Topic] = {
-            (etype, m): _Topic()
+        self._topics: dict[tuple[str, str], list[_Subscription]] = {
+            (etype, m): []
             for m in self.markets
             for etype in ("OrderBookUpdate", "Trade", "MarketStatus")
         }
@@ -262,9 +256,9 @@ class MarketDataServer:
                     client, request.id, QueryError("already subscribed"), INTERNAL_ERROR
                 )
                 return
-            sub = _Subscription(client, request.id, query)
+            sub = _Subscription(client, request.id, query, topic)
             client.subscriptions[query] = sub
-            topic.subscriptions.append(sub)
+            topic.append(sub)
             client.send(encode_ack(request.id))
             if event_type == "OrderBookUpdate":
                 self._send_snapshot(sub, market_id)
@@ -277,7 +271,7 @@ class MarketDataServer:
             if sub is None:
                 self._reply_error(client, request.id, QueryError("not subscribed"), INTERNAL_ERROR)
                 return
-            topic.subscriptions.remove(sub)
+            topic.remove(sub)
             client.send(encode_ack(request.id))
 
     def _reply_error(
@@ -299,14 +293,13 @@ class MarketDataServer:
 
     def _forget(self, client: _Client) -> None:
         self._clients.discard(client)
-        for query, sub in client.subscriptions.items():
-            event_type, market_id = parse_query(query)
-            self._topics[(event_type, market_id)].subscriptions.remove(sub)
+        for sub in client.subscriptions.values():
+            sub.topic.remove(sub)
         client.subscriptions.clear()
 
     # ----------------------------------------------------------------- publishing
     def subscribers(self, event_type: str, market_id: str) -> int:
-        return len(self._topics[(event_type, market_id)].subscriptions)
+        return len(self._topics[(event_type, market_id)])
 
     def publish_book(
         self,
@@ -318,26 +311,26 @@ class MarketDataServer:
         timestamp_ns: int,
     ) -> None:
         topic = self._topics[("OrderBookUpdate", market_id)]
-        if topic.subscriptions:
+        if topic:
             update = BookUpdate(market_id, timestamp_ns, sequence, is_snapshot, bids, asks)
             self._broadcast(market_id, topic, [update])
 
     def publish_trades(self, market_id: str, trades: list[Trade]) -> None:
         topic = self._topics[("Trade", market_id)]
-        if topic.subscriptions and trades:
+        if topic and trades:
             self._broadcast(market_id, topic, trades)
 
     def publish_status(self, market_id: str, status: str) -> None:
         topic = self._topics[("MarketStatus", market_id)]
-        if topic.subscriptions:
+        if topic:
             self._broadcast(market_id, topic, [MarketStatus(market_id, status)])
 
     def publish_raw(self, event_type: str, market_id: str, events_json: bytes) -> int:
         """Send an ``events`` list as it is (fault injection: crossed or malformed frames)."""
         topic = self._topics[(event_type, market_id)]
-        for sub in topic.subscriptions:
+        for sub in topic:
             self._emit(sub.client, encode_notification_raw(sub.request_id, sub.query, events_json))
-        return len(topic.subscriptions)
+        return len(topic)
 
     def send_garbage(self, frame: bytes) -> int:
         """Send ``frame`` verbatim to every client (fault injection)."""
@@ -346,13 +339,16 @@ class MarketDataServer:
         return len(self._clients)
 
     def _broadcast(
-        self, market_id: str, topic: _Topic, events: list[BookUpdate | Trade | MarketStatus]
+        self,
+        market_id: str,
+        topic: list[_Subscription],
+        events: list[BookUpdate | Trade | MarketStatus],
     ) -> None:
         fmt = self.markets[market_id]
         body = encode_events(
             events, price_decimals=fmt.price_decimals, size_decimals=fmt.size_decimals
         )
-        for sub in topic.subscriptions:
+        for sub in topic:
             self._emit(sub.client, encode_notification_raw(sub.request_id, sub.query, body))
 
     def _emit(self, client: _Client, frame: bytes) -> None:
