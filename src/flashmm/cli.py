@@ -152,8 +152,9 @@ def sim(
     import msgspec
     import uvloop
 
+    from flashmm._readyfile import write_ready_file
     from flashmm.venue.sim.config import SimConfigError, load_config
-    from flashmm.venue.sim.server import SimServer, write_ready_file
+    from flashmm.venue.sim.server import SimServer
 
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
@@ -197,6 +198,90 @@ def sim(
             await sim_server.stop()
             if ready_file is not None:
                 ready_file.unlink(missing_ok=True)  # nobody should wait on a stopped server
+
+    uvloop.run(serve())
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            exists=True,
+            dir_okay=False,
+            envvar="FLASHMM_CONFIG",
+            help="Engine TOML file over the defaults (FLASHMM_* variables override both).",
+        ),
+    ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write {pid, urls} here as JSON once the engine quotes."),
+    ] = None,
+    venue_ready_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Take the venue URLs from a running `flashmm sim`'s ready file.",
+        ),
+    ] = None,
+) -> None:
+    """Run the trading engine: feed, quoting loop, orders, portfolio, risk and journal."""
+    import asyncio
+    import json
+    import signal
+
+    import msgspec
+    import uvloop
+
+    from flashmm._logging import configure_logging
+    from flashmm._readyfile import write_ready_file
+    from flashmm.config import ConfigError, load_config
+    from flashmm.engine.engine import Engine, EngineError
+    from flashmm.engine.journal import JournalError
+    from flashmm.venue.gateway import GatewayError
+
+    try:
+        cfg = load_config(config)
+        if venue_ready_file is not None:
+            try:
+                urls = json.loads(venue_ready_file.read_text(encoding="utf-8"))["urls"]
+                venue = msgspec.structs.replace(
+                    cfg.venue,
+                    market_data_urls=[urls["market_data"]],
+                    rest_url=urls["order_entry"],
+                    stream_url=urls["stream"],
+                )
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"{venue_ready_file}: not a simulator ready file ({exc!r})"
+                ) from None
+            cfg = msgspec.structs.replace(cfg, venue=venue)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    configure_logging(cfg.engine.log_level, cfg.engine.log_format)
+
+    async def serve() -> None:
+        engine = Engine(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await engine.start()
+        except (EngineError, JournalError, GatewayError, OSError) as exc:
+            await engine.stop()
+            raise fail(str(exc)) from None
+        if ready_file is not None:
+            write_ready_file(ready_file, engine.ready_payload())
+        try:
+            await stop.wait()
+        finally:
+            await engine.stop()
+            if ready_file is not None:
+                ready_file.unlink(missing_ok=True)
 
     uvloop.run(serve())
 

@@ -33,8 +33,10 @@ class MarketPipeline:
         model: Model | None = None,
         quote_params: QuoteParams | None = None,
         depth: int = 10,
+        book: OrderBook | None = None,
     ) -> None:
-        self.book = OrderBook(tick_size, lot_size, depth=depth)
+        # The live engine passes the feed's book: one book per market, kept by the feed.
+        self.book = book if book is not None else OrderBook(tick_size, lot_size, depth=depth)
         self.state = FeatureState()
         self.model = model if model is not None else Model.load_default()
         self.quote_params = quote_params if quote_params is not None else QuoteParams()

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import random
 from enum import StrEnum
+from time import perf_counter_ns
 from typing import Any, Protocol
 
 import httpx
@@ -284,6 +285,9 @@ class MarketFeed:
         self._markets = {spec.market_id: _Market(spec) for spec in settings.markets}
         self.books: dict[str, OrderBook] = {m: s.book for m, s in self._markets.items()}
         self.connected_url: str | None = None
+        # perf_counter_ns() stamps of the frame being handled, for the engine's stage latencies
+        self.frame_ns = 0
+        self.decoded_ns = 0
         self._rng = random.Random(settings.seed)
         self._subscriptions: dict[int, tuple[str, str]] = {}
         self._transport: WSTransport | None = None
@@ -296,6 +300,11 @@ class MarketFeed:
     def state(self, market_id: str) -> FeedState:
         """The market's current state."""
         return self._markets[market_id].state
+
+    def staleness_s(self, market_id: str) -> float:
+        """Seconds since the market's book last changed (infinite before its first book)."""
+        last = self._markets[market_id].last_update
+        return self._now() - last if last else float("inf")
 
     async def start(self) -> None:
         """Start connecting; returns at once (states arrive through the listener)."""
@@ -437,11 +446,13 @@ class MarketFeed:
 
     # ------------------------------------------------------------------- frames
     def _on_text(self, decoder: FrameDecoder, payload: bytes) -> None:
+        self.frame_ns = perf_counter_ns()
         try:
             msg = decoder.decode(payload)
         except FrameError as exc:
             self._on_bad_frame(exc)
             return
+        self.decoded_ns = perf_counter_ns()
         try:
             if type(msg) is Notification:
                 for event in msg.events:

@@ -30,6 +30,7 @@ from flashmm.venue.order_entry import (
     ApiResponse,
     CancelAllRequest,
     ErrorCode,
+    MarketView,
     OrderRequest,
     OrderView,
     StreamEvent,
@@ -341,6 +342,15 @@ class VenueGateway:
         except (TypeError, KeyError, msgspec.ValidationError) as exc:
             self._failed()
             raise VenueProtocolError(f"GET /v1/orders answered no order list: {exc}") from None
+
+    async def markets(self) -> list[MarketView]:
+        """Every market of the venue with its increments and status."""
+        answer = await self._call("GET", "/v1/markets")
+        try:
+            return msgspec.convert(answer.data["markets"], list[MarketView])
+        except (TypeError, KeyError, msgspec.ValidationError) as exc:
+            self._failed()
+            raise VenueProtocolError(f"GET /v1/markets answered no market list: {exc}") from None
 
     async def book(self, market_id: str, depth: int = 0) -> ApiResponse:
         """The book snapshot with its sequence (``data``), to resync the feed; 0 = all levels."""

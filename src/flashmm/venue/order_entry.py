@@ -28,6 +28,7 @@ __all__ = [
     "CancelAllRequest",
     "ErrorCode",
     "ExecutionReport",
+    "MarketView",
     "NewOrderAck",
     "OrderCancelled",
     "OrderRejected",
@@ -157,6 +158,24 @@ class OrderView(msgspec.Struct, kw_only=True):
     remaining_quantity: str
     filled_quantity: str
     timestamp: str
+
+
+class MarketView(msgspec.Struct, kw_only=True):
+    """A market as ``GET /v1/markets`` lists it."""
+
+    market_id: str
+    base: str
+    quote: str
+    tick_size: str
+    lot_size: str
+    status: str
+    base_denom: str
+    """The base asset's bank denomination (balances are listed by denom)."""
+    base_decimals: int
+    """Decimals of the denomination: ``1 base = 10**base_decimals`` units."""
+    quote_denom: str
+    quote_decimals: int
+    sequence: int = 0
 
 
 class BalanceView(msgspec.Struct, kw_only=True):

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -24,7 +21,7 @@ from flashmm.venue.sim.exchange import Exchange
 from flashmm.venue.sim.market_data import MarketDataServer
 from flashmm.venue.sim.rest import create_app
 
-__all__ = ["SimServer", "write_ready_file"]
+__all__ = ["SimServer"]
 
 log = logging.getLogger("flashmm.sim")
 
@@ -148,17 +145,3 @@ class SimServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def write_ready_file(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` atomically (a reader never sees half of it)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
