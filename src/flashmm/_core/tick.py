@@ -87,3 +87,33 @@ def decide(
         quote,
     )
     return mid
+
+
+@numba.njit(cache=True)
+def exclude_own(top: np.ndarray, own: np.ndarray, n_own: int, out: np.ndarray) -> None:
+    """``out`` = ``top`` (a book's ``(4, depth)`` top levels) less the engine's own resting
+    orders ``own[:n_own]`` (rows of side +1/-1, price ticks, remaining lots).
+
+    A market maker that read its own quotes as the market would chase itself: its mid
+    and volatility would move with every requote. A level left empty is dropped and the
+    levels behind it move up; an own size larger than the level (the book has not shown
+    the order yet) empties the level rather than going negative.
+    """
+    depth = top.shape[1]
+    for side_row in (0, 2):
+        side = 1 if side_row == 0 else -1
+        k = 0
+        for i in range(depth):
+            price = top[side_row, i]
+            size = top[side_row + 1, i]
+            if price != 0:
+                for j in range(n_own):
+                    if own[j, 0] == side and own[j, 1] == price:
+                        size -= own[j, 2]
+            if price != 0 and size > 0:
+                out[side_row, k] = price
+                out[side_row + 1, k] = size
+                k += 1
+        for i in range(k, depth):
+            out[side_row, i] = 0
+            out[side_row + 1, i] = 0

@@ -32,7 +32,7 @@ from flashmm._core.quoting import QO_ASK, QO_ASK_SIZE, QO_BID, QO_BID_SIZE
 from flashmm.config import EngineConfig
 from flashmm.engine.journal import Journal, RiskRecord
 from flashmm.engine.orders import MarketSpec, OrderManager
-from flashmm.engine.pipeline import MarketPipeline
+from flashmm.engine.pipeline import MAX_OWN_ORDERS, MarketPipeline
 from flashmm.engine.portfolio import Portfolio, PortfolioMarket
 from flashmm.engine.records import Fill, Order, OrderState, Side
 from flashmm.engine.risk import RiskGate, RiskLadder, RiskMonitor, RiskState, Transition
@@ -242,6 +242,7 @@ class Engine:
         await self._set_capital()
         found = await self._reconcile()
         log.info("reconciled with the venue: %s", found)
+        self._evaluate_risk()  # drawdown peaks start from the PnL at start, not the first loss
         self.metrics_port = self.metrics.serve(cfg.engine.metrics_host, cfg.engine.metrics_port)
         loop = asyncio.get_running_loop()
         for name, coro in (
@@ -379,6 +380,16 @@ class Engine:
     def _decide(self, m: _Market, now_ns: int) -> None:
         m.last_decide_ns = now_ns
         pipe = m.pipe
+        own = pipe.own
+        n = 0
+        for order in self.orders.resting[m.spec.market_id].values():
+            if n == MAX_OWN_ORDERS:
+                break
+            own[n, 0] = order.side
+            own[n, 1] = order.price_ticks
+            own[n, 2] = order.remaining_lots
+            n += 1
+        pipe.n_own = n
         mid = pipe.decide(now_ns)
         if not m.live or not self.ready:
             return
@@ -712,7 +723,12 @@ class Engine:
         for m in self.markets.values():
             spec = m.spec
             held = Decimal(balances.get(spec.base_denom, 0)).scaleb(-spec.base_decimals)
-            outside = held - self.portfolio.position_lots(spec.market_id) * spec.lot_size
+            # the bank balance is what is available: resting sells have their base escrowed
+            escrowed = sum(
+                o.remaining_lots for o in self.orders.live_orders(spec.market_id) if o.side < 0
+            )
+            mine = self.portfolio.position_lots(spec.market_id) - escrowed
+            outside = held - mine * spec.lot_size
             base = self._base_balances.setdefault(spec.market_id, outside)
             if outside == base:
                 self._balance_diffs.pop(spec.market_id, None)

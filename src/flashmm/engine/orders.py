@@ -188,6 +188,9 @@ class OrderManager:
             (m, side): QuoteSlot(m, side) for m in self.markets for side in Side
         }
         self._budgets = {m: _RateBudget(settings.orders_per_second) for m in self.markets}
+        # Per market, the live orders: what the venue's book shows (or is about to show)
+        # of the engine, for the decision to leave out.
+        self.resting: dict[str, dict[str, Order]] = {m: {} for m in self.markets}
         self._prefix = f"{settings.client_id_prefix}{session:x}n"
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -234,6 +237,7 @@ class OrderManager:
             self.orders[order.client_order_id] = order
             if order.order_id is not None:
                 self._by_venue_id[order.order_id] = order
+            self._track(order)
             if order.is_live:
                 slot = self.slots.get((order.market_id, order.side))
                 if slot is not None and order.state is not OrderState.PENDING_CANCEL:
@@ -313,6 +317,7 @@ class OrderManager:
         )
         self.orders[order.client_order_id] = order
         self.journal.record_order(order)  # before the venue can hear of it
+        self._track(order)
         self.counters["submitted"] += 1
         self._spawn(self._submit(order))
         return order
@@ -340,6 +345,7 @@ class OrderManager:
         )
         self.orders[order.client_order_id] = order
         self.journal.record_order(order)
+        self._track(order)
         self.counters["submitted"] += 1
         self._spawn(self._submit(order, time_in_force=time_in_force))
         return order
@@ -563,6 +569,7 @@ class OrderManager:
             self.counters["duplicate_fills"] += 1
             return
         self.counters["fills"] += 1
+        self._track(order)
         self.listener.on_fill(fill, order)
         self.listener.on_order(order)
 
@@ -586,7 +593,17 @@ class OrderManager:
         if reason is not None:
             order.reason = reason
         self.journal.record_order(order, seq=seq)
+        self._track(order)
         self.listener.on_order(order)
+
+    def _track(self, order: Order) -> None:
+        resting = self.resting.get(order.market_id)
+        if resting is None:
+            return
+        if order.is_live:
+            resting[order.client_order_id] = order
+        else:
+            resting.pop(order.client_order_id, None)
 
     # ------------------------------------------------------------------ reconciliation
     def reconcile(self, listed: Iterable[OrderView], now_ns: int) -> dict[str, int]:

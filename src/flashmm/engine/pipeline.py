@@ -15,7 +15,10 @@ from flashmm._core.book import OK, OrderBook
 from flashmm._core.features import FeatureState, push_trade
 from flashmm._core.model import Model
 from flashmm._core.quoting import N_QUOTE_OUT, QuoteParams
-from flashmm._core.tick import decide
+from flashmm._core.tick import decide, exclude_own
+
+MAX_OWN_ORDERS = 64
+"""Own resting orders a market can leave out of its book view at once."""
 
 
 class MarketPipeline:
@@ -46,6 +49,11 @@ class MarketPipeline:
         self.quote = np.zeros(N_QUOTE_OUT, dtype=np.float64)
         self.inventory_lots = 0.0
         self.mid = math.nan
+        # The engine's own resting orders (side, price ticks, lots), left out of the book
+        # the decision reads; rows [0, n_own) are in use.
+        self.own = np.zeros((MAX_OWN_ORDERS, 3), dtype=np.int64)
+        self.n_own = 0
+        self._outside_top = np.zeros_like(self.book.top)
 
     def apply_book_update(
         self,
@@ -68,9 +76,13 @@ class MarketPipeline:
     def decide(self, now_ns: int) -> float:
         """Features, prediction and quote from the book as it stands; returns the mid."""
         s, m = self.state, self.model
+        top = self.book.top
+        if self.n_own:
+            exclude_own(top, self.own, self.n_own, self._outside_top)
+            top = self._outside_top
         self.mid = decide(
             now_ns,
-            self.book.top,
+            top,
             s.mid_ts,
             s.mid_px,
             s.trade_ts,
@@ -110,3 +122,6 @@ class MarketPipeline:
         probe.apply_book_update(1, True, bids, asks, 1)
         probe.on_trade(2, 1.0, 1)
         probe.apply_book_update(3, False, bids, asks, 2)
+        probe.own[0] = (1, 100, 1)
+        probe.n_own = 1
+        probe.decide(4)
