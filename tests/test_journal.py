@@ -386,3 +386,31 @@ def test_close_is_idempotent_and_later_calls_are_refused(tmp_path: Path) -> None
     with pytest.raises(JournalError, match="closed"):
         journal.load()
     assert _load(path).orders == {}
+
+
+def test_batch_commits_once_and_a_failure_rolls_all_of_it_back(tmp_path: Path) -> None:
+    path = tmp_path / "batch.sqlite3"
+    first, second = _order("b1"), _order("b2")
+    with Journal(path) as journal:
+        with journal.batch():
+            journal.record_order(first)
+            journal.record_order(second, seq=7)
+
+        def failing_decision() -> None:
+            with journal.batch():
+                journal.record_order(_order("lost"))
+                raise RuntimeError("the decision failed")
+
+        with pytest.raises(RuntimeError, match="the decision failed"):
+            failing_decision()
+        # a duplicate fill inside a batch undoes only itself
+        fill = _fill("t1", "b1")
+        with journal.batch():
+            assert journal.record_fill(fill, first)
+            assert not journal.record_fill(fill, first)
+            journal.record_order(_order("b3"))
+    with Journal(path) as journal:
+        state = journal.load()
+    assert set(state.orders) == {"b1", "b2", "b3"}
+    assert state.stream_seq == 7
+    assert [f.trade_id for f in state.fills] == ["t1"]

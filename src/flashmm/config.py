@@ -205,7 +205,10 @@ def _check(config: EngineConfig, where: str) -> None:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}: markets: a market_id is listed twice")
     for market in markets:
-        config.market_quoting(market)  # raises with the market named
+        try:
+            config.market_quoting(market)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     e = config.engine
     if not e.decide_hz > 0:
         raise ConfigError(f"{where}: engine.decide_hz must be > 0")

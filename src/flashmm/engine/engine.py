@@ -25,6 +25,7 @@ from time import perf_counter_ns
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from flashmm._core.book import OrderBook
 from flashmm._core.model import Model
@@ -194,6 +195,7 @@ class Engine:
             clock=self.clock,
         )
         self.orders.restore(state.orders.values())
+        self.orders.on_send = self._on_send
 
         model = Model.load(cfg.model) if cfg.model else Model.load_default()
         feed_markets = [
@@ -382,7 +384,7 @@ class Engine:
         pipe = m.pipe
         own = pipe.own
         n = 0
-        for order in self.orders.resting[m.spec.market_id].values():
+        for order in self.orders.working[m.spec.market_id].values():
             if n == MAX_OWN_ORDERS:
                 break
             own[n, 0] = order.side
@@ -394,9 +396,20 @@ class Engine:
         if not m.live or not self.ready:
             return
         self.portfolio.mark(m.spec.market_id, mid, now_ns)
-        q = pipe.quote
-        self._quote_side(m, Side.BUY, int(q[QO_BID]), int(q[QO_BID_SIZE]), now_ns)
-        self._quote_side(m, Side.SELL, int(q[QO_ASK]), int(q[QO_ASK_SIZE]), now_ns)
+        with self.journal.batch():  # one commit for the decision's orders, before any is sent
+            self._quote(m, pipe.quote, now_ns)
+
+    def _quote(self, m: _Market, q: np.ndarray, now_ns: int) -> None:
+        bid, ask = int(q[QO_BID]), int(q[QO_ASK])
+        own_ask = self.orders.slots[m.spec.market_id, Side.SELL].order
+        if own_ask is not None and bid >= own_ask.price_ticks:
+            # the market moved up through our ask: move the ask first, or the new bid
+            # would meet the old ask and a post-only venue would refuse it
+            self._quote_side(m, Side.SELL, ask, int(q[QO_ASK_SIZE]), now_ns)
+            self._quote_side(m, Side.BUY, bid, int(q[QO_BID_SIZE]), now_ns)
+        else:
+            self._quote_side(m, Side.BUY, bid, int(q[QO_BID_SIZE]), now_ns)
+            self._quote_side(m, Side.SELL, ask, int(q[QO_ASK_SIZE]), now_ns)
 
     def _quote_side(self, m: _Market, side: Side, price: int, size: int, now_ns: int) -> None:
         market_id = m.spec.market_id
@@ -474,6 +487,14 @@ class Engine:
             fill.liquidity,
             self.portfolio.position_lots(fill.market_id),
         )
+
+    def _on_send(self, order: Order) -> None:
+        stamps = self._sent_stamps.get(order.client_order_id)
+        if stamps is not None:
+            received, decided = stamps
+            sent = perf_counter_ns()
+            self.metrics.clock.order_sent(decided, sent, received)
+            self._sent_stamps[order.client_order_id] = (received, sent)
 
     def on_ack(self, order: Order, latency_ns: int) -> None:
         self.monitor.observe_ack_latency(latency_ns)

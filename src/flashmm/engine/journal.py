@@ -20,6 +20,8 @@ import math
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +96,9 @@ _BEGIN = "BEGIN IMMEDIATE"
 _BEGIN_READ = "BEGIN"
 _COMMIT = "COMMIT"
 _ROLLBACK = "ROLLBACK"
+_SAVEPOINT = "SAVEPOINT fill"
+_RELEASE = "RELEASE fill"
+_ROLLBACK_TO = "ROLLBACK TO fill"
 _UPSERT_ORDER = """
     INSERT INTO orders (client_order_id, market_id, side, price_ticks, size_lots, state,
                         order_id, filled_lots, created_ns, updated_ns, reason, own_cancel)
@@ -205,6 +210,7 @@ class Journal:
         self.path = None if text == MEMORY else Path(text)
         self._name = text
         self._closed = False
+        self._in_batch = False
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,8 +324,10 @@ class Journal:
         row = _order_row(order)
         conn = self._conn
         try:
-            if seq is None:
+            if seq is None or self._in_batch:
                 conn.execute(_UPSERT_ORDER, row)  # one statement: its own transaction
+                if seq is not None:
+                    conn.execute(_ADVANCE_SEQ, (seq,))
                 return
             conn.execute(_BEGIN)
             conn.execute(_UPSERT_ORDER, row)
@@ -364,15 +372,22 @@ class Journal:
         )
         order_row = _order_row(order)
         conn = self._conn
+        # inside a batch a savepoint stands in for the transaction, so a duplicate undoes
+        # only this fill
+        begin, commit, undo = (
+            (_SAVEPOINT, _RELEASE, _ROLLBACK_TO) if self._in_batch else (_BEGIN, _COMMIT, _ROLLBACK)
+        )
         try:
-            conn.execute(_BEGIN)
+            conn.execute(begin)
             if conn.execute(_INSERT_FILL, fill_row).rowcount == 0:
-                conn.execute(_ROLLBACK)
+                conn.execute(undo)
+                if self._in_batch:
+                    conn.execute(_RELEASE)
                 return False
             conn.execute(_UPSERT_ORDER, order_row)
             if seq is not None:
                 conn.execute(_ADVANCE_SEQ, (seq,))
-            conn.execute(_COMMIT)
+            conn.execute(commit)
         except (sqlite3.Error, OverflowError) as exc:
             self._rollback()
             raise self._error(f"fill {fill.trade_id!r} not journaled", exc) from exc
@@ -380,6 +395,33 @@ class Journal:
             self._rollback()
             raise
         return True
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every record inside is one transaction with one commit: several orders of one
+        decision cost one write to the log instead of one each. Nested batches join the
+        outer one; an exception rolls the whole batch back and propagates."""
+        if self._in_batch:
+            yield
+            return
+        conn = self._conn
+        try:
+            conn.execute(_BEGIN)
+        except sqlite3.Error as exc:
+            raise self._error("cannot start a batch", exc) from exc
+        self._in_batch = True
+        try:
+            yield
+        except BaseException:
+            self._in_batch = False
+            self._rollback()
+            raise
+        self._in_batch = False
+        try:
+            conn.execute(_COMMIT)
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._error("batch not journaled", exc) from exc
 
     def record_stream_seq(self, seq: int) -> None:
         """Advance the stream seq past an event with no order or fill effect."""

@@ -79,13 +79,15 @@ class OrderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """A live order the venue no longer lists is closed only after this long without news."""
     time_in_force: str = "POST_ONLY"
     client_id_prefix: str = "fmm"
+    keep_terminal_s: float = 300.0
+    """Finished orders stay in memory this long (late events still find them)."""
 
     def __post_init__(self) -> None:
         if self.requote_ticks < 0:
             raise ValueError("requote_ticks must be >= 0")
         if not 0 <= self.requote_size_fraction <= 1:
             raise ValueError("requote_size_fraction must be within 0..1")
-        for name in ("max_order_age_s", "ack_timeout_s", "reconcile_grace_s"):
+        for name in ("max_order_age_s", "ack_timeout_s", "reconcile_grace_s", "keep_terminal_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         if self.orders_per_second < 1 or self.max_in_flight < 1:
@@ -190,11 +192,14 @@ class OrderManager:
         self._budgets = {m: _RateBudget(settings.orders_per_second) for m in self.markets}
         # Per market, the live orders: what the venue's book shows (or is about to show)
         # of the engine, for the decision to leave out.
-        self.resting: dict[str, dict[str, Order]] = {m: {} for m in self.markets}
+        self.working: dict[str, dict[str, Order]] = {m: {} for m in self.markets}
         self._prefix = f"{settings.client_id_prefix}{session:x}n"
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._suspect: dict[str, int] = {}  # client id -> first time the venue did not list it
+        self._suspect: dict[str, int] = {}
+        self._last_forget = 0
+        self.on_send: Callable[[Order], None] | None = None
+        """Called just before an order's request is written (latency stamps)."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "submitted",
@@ -217,17 +222,15 @@ class OrderManager:
 
     # ------------------------------------------------------------------ queries
     def live_orders(self, market_id: str | None = None) -> list[Order]:
-        return [
-            o
-            for o in self.orders.values()
-            if o.state in LIVE_STATES and (market_id is None or o.market_id == market_id)
-        ]
+        if market_id is not None:
+            return list(self.working[market_id].values())
+        return [o for working in self.working.values() for o in working.values()]
 
     def working_lots(self, market_id: str, side: Side) -> int:
         """Signed remaining size of the live orders of one side (counted as if filled)."""
         total = 0
-        for o in self.orders.values():
-            if o.market_id == market_id and o.side is side and o.state in LIVE_STATES:
+        for o in self.working[market_id].values():
+            if o.side is side:
                 total += o.remaining_lots
         return total * side
 
@@ -279,11 +282,13 @@ class OrderManager:
         if self.gateway.in_flight >= s.max_in_flight:
             self.counters["in_flight_deferred"] += 1
             return None
-        if current is not None:
-            self._cancel(current, "replaced")
         budget.take(now_ns)
         order = self._new_order(market_id, side, price_ticks, size_lots, now_ns)
         slot.order = order
+        if current is not None:
+            # after the new order: the replacement reaches the venue first, and the gate
+            # already counted both
+            self._cancel(current, "replaced")
         return order
 
     def pull(self, market_id: str | None, reason: str) -> int:
@@ -383,6 +388,8 @@ class OrderManager:
 
     async def _submit(self, order: Order, *, time_in_force: str | None = None) -> None:
         request = self._request(order, time_in_force or self.settings.time_in_force)
+        if self.on_send is not None:
+            self.on_send(order)
         try:
             answer = await self.gateway.submit(request)
         except VenueRejected as exc:
@@ -597,13 +604,13 @@ class OrderManager:
         self.listener.on_order(order)
 
     def _track(self, order: Order) -> None:
-        resting = self.resting.get(order.market_id)
-        if resting is None:
+        working = self.working.get(order.market_id)
+        if working is None:
             return
         if order.is_live:
-            resting[order.client_order_id] = order
+            working[order.client_order_id] = order
         else:
-            resting.pop(order.client_order_id, None)
+            working.pop(order.client_order_id, None)
 
     # ------------------------------------------------------------------ reconciliation
     def reconcile(self, listed: Iterable[OrderView], now_ns: int) -> dict[str, int]:
@@ -669,9 +676,21 @@ class OrderManager:
         except GatewayError as exc:
             self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
 
+    def _forget_terminal(self, now_ns: int) -> None:
+        """Drop finished orders after ``keep_terminal_s`` (the journal keeps them)."""
+        horizon = now_ns - int(self.settings.keep_terminal_s * 1e9)
+        if now_ns - self._last_forget < 1_000_000_000:
+            return
+        self._last_forget = now_ns
+        for cid in [c for c, o in self.orders.items() if not o.is_live and o.updated_ns < horizon]:
+            order = self.orders.pop(cid)
+            if order.order_id is not None:
+                self._by_venue_id.pop(order.order_id, None)
+
     def sweep(self, now_ns: int) -> None:
         """Periodic: resend cancels that got no answer; look up orders that got no ack."""
         timeout = int(self.settings.ack_timeout_s * 1e9)
+        self._forget_terminal(now_ns)
         for order in self.live_orders():
             if now_ns - order.updated_ns < timeout:
                 continue
