@@ -222,9 +222,8 @@ def run(
     venue_ready_file: Annotated[
         Path | None,
         typer.Option(
-            exists=True,
             dir_okay=False,
-            help="Take the venue URLs from a running `flashmm sim`'s ready file.",
+            help="Take the venue URLs from `flashmm sim`'s ready file (waits up to 30 s for it).",
         ),
     ] = None,
 ) -> None:
@@ -246,6 +245,11 @@ def run(
     try:
         cfg = load_config(config)
         if venue_ready_file is not None:
+            import time
+
+            deadline = time.monotonic() + 30.0
+            while not venue_ready_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the simulator started alongside is still starting
             try:
                 urls = json.loads(venue_ready_file.read_text(encoding="utf-8"))["urls"]
                 venue = msgspec.structs.replace(
