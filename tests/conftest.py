@@ -124,21 +124,24 @@ async def connect(url: str, headers: Mapping[str, str] | None = None) -> WsClien
     return client  # type: ignore[return-value]
 
 
+def account_client(server: SimServer, api_key: str) -> httpx.AsyncClient:
+    """An HTTP client of one account's order entry (use with ``async with``)."""
+    return httpx.AsyncClient(
+        base_url=server.urls["order_entry"], headers={"X-API-Key": api_key}, timeout=5
+    )
+
+
 @pytest.fixture
 async def rest(sim: SimServer) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the demo account."""
-    async with httpx.AsyncClient(
-        base_url=sim.urls["order_entry"], headers={"X-API-Key": DEMO_KEY}, timeout=5
-    ) as client:
+    async with account_client(sim, DEMO_KEY) as client:
         yield client
 
 
 @pytest.fixture
 async def other_rest(sim: SimServer) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the other account."""
-    async with httpx.AsyncClient(
-        base_url=sim.urls["order_entry"], headers={"X-API-Key": OTHER_KEY}, timeout=5
-    ) as client:
+    async with account_client(sim, OTHER_KEY) as client:
         yield client
 
 

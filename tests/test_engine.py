@@ -8,7 +8,6 @@ PnL below is known. The venue's own ledger is the independent check of the engin
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import httpx
 import msgspec
 import pytest
 
-from conftest import DEMO_ADDRESS, DEMO_KEY, OTHER_KEY, order, sim_config
+from conftest import DEMO_ADDRESS, DEMO_KEY, OTHER_KEY, account_client, order, sim_config
 from flashmm.config import EngineConfig
 from flashmm.engine.engine import Engine
 from flashmm.engine.journal import Journal
@@ -51,17 +50,13 @@ async def venue() -> AsyncIterator[SimServer]:
 
 @pytest.fixture
 async def other(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=venue.urls["order_entry"], headers={"X-API-Key": OTHER_KEY}, timeout=5
-    ) as client:
+    async with account_client(venue, OTHER_KEY) as client:
         yield client
 
 
 @pytest.fixture
 async def demo(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=venue.urls["order_entry"], headers={"X-API-Key": DEMO_KEY}, timeout=5
-    ) as client:
+    async with account_client(venue, DEMO_KEY) as client:
         yield client
 
 
@@ -407,27 +402,20 @@ async def test_pause_pulls_quotes_and_resume_restores_them(
 
 
 async def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"engine exited with {proc.returncode}")
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("engine not ready in time")
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: path.exists() or proc.poll() is not None, "the engine's ready file", timeout
+    )
+    if proc.poll() is not None:
+        raise AssertionError(f"engine exited with {proc.returncode}")
 
 
 async def _exited(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     """Wait for ``proc`` without blocking the loop the simulator runs on."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (code := proc.poll()) is None:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("the engine did not exit in time")
-        await asyncio.sleep(0.02)
-    return code
+    await until(lambda: proc.poll() is not None, "the engine to exit", timeout)
+    return proc.returncode
 
 
 def _engine_process(config: Path, ready: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
     return subprocess.Popen(
         [
             sys.executable,
@@ -441,7 +429,6 @@ def _engine_process(config: Path, ready: Path, log: Path) -> subprocess.Popen[by
         ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
-        env=env,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from flashmm._core.quoting import QuoteParams
+from flashmm._toml import read_toml
 from flashmm.engine.orders import OrderSettings
 from flashmm.engine.risk import RiskSettings
 
@@ -141,6 +142,10 @@ def _convert(data: Any, kind: type[Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+# Variables of the flashmm command itself, not settings.
+_NOT_SETTINGS = frozenset({"FLASHMM_CONFIG"})
+
+
 def _env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -168,10 +173,6 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
     return used
 
 
-# Variables of the flashmm command itself, not settings.
-_NOT_SETTINGS = frozenset({"FLASHMM_CONFIG"})
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -182,12 +183,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         where = str(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = read_toml(path, ConfigError)
     used = _apply_env(data, os.environ if environ is None else environ)
     if used:
         where = f"{where} with {', '.join(used)}"

@@ -170,8 +170,9 @@ class Engine:
                 for s in specs
             ]
         )
+        traded = {s.market_id for s in specs}
         for fill in state.fills:
-            if fill.market_id in self.portfolio_markets(specs):
+            if fill.market_id in traded:  # markets no longer configured keep their history
                 self.portfolio.apply_fill(fill)
         risk = state.risk
         if risk is not None:
@@ -238,7 +239,6 @@ class Engine:
             gateway_settings, self._on_stream_event, self._on_stream_gap, since=state.stream_seq
         )
         await self.stream.start()
-        self._last_stream_connects = self.stream.counters["connects"]
         await self.feed.start()
         await self._wait_for_books(ready_timeout_s)
         await self._set_capital()
@@ -260,10 +260,6 @@ class Engine:
         log.info(
             "engine ready: %d markets, metrics on port %d", len(self.markets), self.metrics_port
         )
-
-    @staticmethod
-    def portfolio_markets(specs: list[MarketSpec]) -> set[str]:
-        return {s.market_id for s in specs}
 
     async def _market_specs(self) -> list[MarketSpec]:
         try:
@@ -468,7 +464,8 @@ class Engine:
             self.metrics.cancels.labels(
                 order.market_id, "own" if order.own_cancel else "venue"
             ).inc()
-        self._sent_stamps.pop(order.client_order_id, None) if not order.is_live else None
+        if not order.is_live:
+            self._sent_stamps.pop(order.client_order_id, None)
 
     def on_fill(self, fill: Fill, order: Order) -> None:
         self.portfolio.apply_fill(fill)
@@ -590,15 +587,14 @@ class Engine:
 
     async def _emergency_stop(self, reason: str, source: str, already: bool) -> EmergencyStopReport:
         started = perf_counter_ns()
-        live = len(self.orders.live_orders())
-        self._apply_transition(
-            self.ladder.escalate(
-                RiskState.HALTED, f"emergency stop: {reason}", self.clock(), source=source
-            )
+        cancelled = len(self.orders.live_orders())
+        halted = self.ladder.escalate(
+            RiskState.HALTED, f"emergency stop: {reason}", self.clock(), source=source
         )
-        cancelled = live
-        if self.orders.live_orders():  # a transition to HALTED pulled them already otherwise
-            cancelled = self.orders.pull(None, "emergency stop")
+        if halted is not None:
+            self._apply_transition(halted)  # pulls every quote
+        else:  # already halted: its pull may have been answered with an error
+            self.orders.pull(None, "emergency stop")
         open_left = await self._confirm_zero_open_orders(5.0)
         flat = await self._flatten(10.0)
         if flat and open_left == 0:

@@ -308,7 +308,13 @@ class OrderManager:
         return len(targets)
 
     def _new_order(
-        self, market_id: str, side: Side, price_ticks: int, size_lots: int, now_ns: int
+        self,
+        market_id: str,
+        side: Side,
+        price_ticks: int,
+        size_lots: int,
+        now_ns: int,
+        time_in_force: str | None = None,
     ) -> Order:
         self._next_id += 1
         order = Order(
@@ -324,7 +330,7 @@ class OrderManager:
         self.journal.record_order(order)  # before the venue can hear of it
         self._track(order)
         self.counters["submitted"] += 1
-        self._spawn(self._submit(order))
+        self._spawn(self._submit(order, time_in_force=time_in_force))
         return order
 
     def submit_order(
@@ -337,23 +343,9 @@ class OrderManager:
         time_in_force: str = "IOC",
     ) -> Order:
         """An order outside the quote slots (flattening): IOC market or limit."""
-        now = self.clock()
-        self._next_id += 1
-        order = Order(
-            client_order_id=f"{self._prefix}{self._next_id:x}",
-            market_id=market_id,
-            side=side,
-            price_ticks=price_ticks or 0,
-            size_lots=size_lots,
-            created_ns=now,
-            updated_ns=now,
+        return self._new_order(
+            market_id, side, price_ticks or 0, size_lots, self.clock(), time_in_force
         )
-        self.orders[order.client_order_id] = order
-        self.journal.record_order(order)
-        self._track(order)
-        self.counters["submitted"] += 1
-        self._spawn(self._submit(order, time_in_force=time_in_force))
-        return order
 
     # ------------------------------------------------------------------ venue calls
     def _spawn(self, coro: object) -> None:
@@ -406,13 +398,16 @@ class OrderManager:
             return
         except GatewayError as exc:
             # timed out or the venue failed: the order may or may not be live; find out
-            self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
-            self._spawn(self._resolve_lost(order))
+            self._venue_failed(exc)
+            self._spawn(self._resolve_lost(order, self.settings.ack_timeout_s))
             return
         if answer.order_id is not None and order.order_id is None:
             self._bind_venue_id(order, answer.order_id)
             if order.state is OrderState.PENDING_CANCEL and order.own_cancel:
                 self._spawn(self._cancel_by_id(order))  # the cancel waited for the id
+
+    def _venue_failed(self, exc: GatewayError) -> None:
+        self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
 
     def _bind_venue_id(self, order: Order, order_id: str) -> None:
         order.order_id = order_id
@@ -447,7 +442,7 @@ class OrderManager:
             log.warning("cancel of %s refused: %s", order.client_order_id, exc)
         except GatewayError as exc:
             self.counters["cancel_failures"] += 1
-            self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
+            self._venue_failed(exc)
             # retried by the periodic sweep (``sweep``) while the order stays pending-cancel
 
     async def _cancel_all(self, market_id: str | None, reason: str) -> None:
@@ -455,18 +450,18 @@ class OrderManager:
             await self.gateway.cancel_all(market_id)
         except GatewayError as exc:
             self.counters["cancel_failures"] += 1
-            self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
+            self._venue_failed(exc)
             log.warning("cancel-all (%s) failed: %s; the sweep retries", reason, exc)
 
-    async def _resolve_lost(self, order: Order) -> None:
+    async def _resolve_lost(self, order: Order, delay_s: float) -> None:
         """An order whose submit got no answer: wait for the stream, then ask the venue."""
-        await asyncio.sleep(self.settings.ack_timeout_s)
+        await asyncio.sleep(delay_s)
         if order.state is not OrderState.PENDING_NEW and order.order_id is not None:
             return  # the stream told us meanwhile
         try:
             listed = await self.gateway.open_orders(order.market_id)
         except GatewayError as exc:
-            self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
+            self._venue_failed(exc)
             return  # the periodic reconciliation tries again
         self.counters["lost_resolved"] += 1
         self._reconcile_one(order, {v.client_order_id: v for v in listed}, self.clock(), 0)
@@ -674,7 +669,7 @@ class OrderManager:
         except VenueRejected:
             pass  # gone already
         except GatewayError as exc:
-            self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
+            self._venue_failed(exc)
 
     def _forget_terminal(self, now_ns: int) -> None:
         """Drop finished orders after ``keep_terminal_s`` (the journal keeps them)."""
@@ -699,4 +694,4 @@ class OrderManager:
                 self._spawn(self._cancel_by_id(order))
             elif order.state is OrderState.PENDING_NEW:
                 order.updated_ns = now_ns
-                self._spawn(self._resolve_lost(order))
+                self._spawn(self._resolve_lost(order, 0.0))  # it waited ack_timeout_s already

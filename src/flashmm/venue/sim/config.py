@@ -8,13 +8,13 @@ it names (``markets``, ``accounts``, ...) and keeps the defaults of the others.
 
 from __future__ import annotations
 
-import tomllib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from flashmm._toml import read_toml
 from flashmm.venue.sim.synthetic import SyntheticParams
 
 __all__ = [
@@ -201,12 +201,7 @@ def load_config(path: str | Path | None) -> SimConfig:
     if path is None:
         return check_config(base)
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SimConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SimConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, SimConfigError)
     merged = msgspec.to_builtins(base) | data
     try:
         config = msgspec.convert(merged, SimConfig)
