@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+import redis
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from flashmm.state.valkey import EmbeddedValkey
 from flashmm.venue.sim.config import (
     AccountConfig,
     AssetConfig,
@@ -171,3 +174,29 @@ def order(
     if price is not None:
         body["price"] = price
     return body | extra
+
+
+# ------------------------------------------------------------------ Redis (embedded Valkey)
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    """One real valkey-server for the session; tests that restart Redis start their own."""
+    with EmbeddedValkey(tmp_path_factory.mktemp("valkey")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedValkey) -> str:
+    """The session server's URL, emptied before each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A server of the test's own, for tests that stop and restart it."""
+    server = EmbeddedValkey(tmp_path / "valkey")
+    server.start()
+    yield server
+    server.stop()
