@@ -27,12 +27,15 @@ from flashmm.engine.risk import RiskSettings
 
 __all__ = [
     "ENV_PREFIX",
+    "ApiSection",
     "ConfigError",
     "EngineConfig",
     "EngineSection",
     "FeedSection",
     "GatewaySection",
     "MarketConfig",
+    "RateLimitSection",
+    "StateSection",
     "VenueSection",
     "load_config",
 ]
@@ -97,6 +100,60 @@ class GatewaySection(_Section):
     stream_reconnect_max_s: float = 2.0
 
 
+class StateSection(_Section):
+    """Where the engine publishes its state and reads commands (Redis)."""
+
+    redis_url: str | None = None
+    """``redis://host:port/db``; unset: an embedded Valkey server in ``run_dir``."""
+    prefix: str = "flashmm"
+    """Prefix of every key and channel, so deployments can share one server."""
+    run_dir: str = ".flashmm"
+    """The embedded server's files and ``redis.url``, where the sidecar and CLI find it."""
+    flush_hz: float = 10.0
+    """Latest-state flushes per second."""
+    history_maxlen: int = 10_000
+    """Events kept per live channel for WebSocket resume (approximate trim)."""
+    stream_maxlen: int = 100_000
+    """Entries kept in the order and fill history streams (approximate trim)."""
+    max_pending_events: int = 10_000
+    """Events held while Redis is slow or down; older ones are dropped and counted."""
+    heartbeat_timeout_s: float = 3.0
+    """The sidecar calls the engine unavailable once its heartbeat is older than this."""
+
+
+class RateLimitSection(_Section):
+    """Requests per client address and endpoint group, in ``limits`` notation."""
+
+    health: str = "100/minute"
+    trading: str = "60/minute"
+    metrics: str = "30/minute"
+    admin: str = "10/minute"
+
+
+class ApiSection(_Section):
+    """The ``flashmm api`` sidecar."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    """0: any free port (the ready file tells which)."""
+    jwt_secret: str = ""
+    """HS secret of the bearer tokens; set it with ``FLASHMM_API__JWT_SECRET``, never in git.
+    The sidecar refuses to start without one (``flashmm demo`` makes one up)."""
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    token_ttl_s: int = 3600
+    cors_origins: list[str] = []
+    """Origins allowed to call the API from a browser; empty: none but the same origin."""
+    max_body_bytes: int = 16_384
+    command_timeout_s: float = 30.0
+    """How long an admin request waits for the engine's answer before 504."""
+    ws_max_per_ip: int = 10
+    ws_heartbeat_s: float = 30.0
+    ws_send_queue: int = 256
+    """Messages queued for one WebSocket client; a client that falls further behind is
+    dropped with a close reason instead of slowing the others."""
+    rate_limits: RateLimitSection = RateLimitSection()
+
+
 class MarketConfig(_Section):
     market_id: str
     quoting: dict[str, Any] = {}
@@ -112,6 +169,8 @@ class EngineConfig(_Section):
     orders: OrderSettings = OrderSettings()
     risk: RiskSettings = RiskSettings()
     quoting: QuoteParams = QuoteParams()
+    state: StateSection = StateSection()
+    api: ApiSection = ApiSection()
     model: str = ""
     """Model file (JSON) for the predictor; empty: the packaged default model."""
     markets: list[MarketConfig] = msgspec.field(
@@ -213,6 +272,29 @@ def _check(config: EngineConfig, where: str) -> None:
             raise ConfigError(f"{where}: engine.{name} must be > 0")
     if not 0 <= e.metrics_port <= 65535:
         raise ConfigError(f"{where}: engine.metrics_port must be within 0..65535")
+    st = config.state
+    if not st.flush_hz > 0:
+        raise ConfigError(f"{where}: state.flush_hz must be > 0")
+    if st.redis_url is not None and not st.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(f"{where}: state.redis_url must be a redis:// URL, got {st.redis_url!r}")
+    for name in ("history_maxlen", "stream_maxlen", "max_pending_events"):
+        if not getattr(st, name) > 0:
+            raise ConfigError(f"{where}: state.{name} must be > 0")
+    a = config.api
+    if not 0 <= a.port <= 65535:
+        raise ConfigError(f"{where}: api.port must be within 0..65535")
+    for name in (
+        "token_ttl_s",
+        "max_body_bytes",
+        "command_timeout_s",
+        "ws_max_per_ip",
+        "ws_heartbeat_s",
+        "ws_send_queue",
+    ):
+        if not getattr(a, name) > 0:
+            raise ConfigError(f"{where}: api.{name} must be > 0")
     v = config.venue
     if not v.market_data_urls:
         raise ConfigError(f"{where}: venue.market_data_urls must list at least one URL")
