@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from flashmm._core.wire import (
     format_levels_fixed,
     max_levels,
     parse_levels,
+    parse_levels_json,
     parse_rfc3339_ns,
 )
 
@@ -35,6 +37,43 @@ def test_levels_equal_python_float(levels: list[tuple[Decimal, Decimal]], quoted
     text = "[" + ",".join(f"[{q}{p}{q},{q}{s}{q}]" for p, s in levels) + "]"
     got = parse(text)
     assert got.tolist() == [[float(str(p)), float(str(s))] for p, s in levels]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_decimal, _decimal), max_size=20), st.booleans(), st.booleans())
+def test_levels_read_in_place_from_the_json_string_token(
+    levels: list[tuple[Decimal, Decimal]], quoted: bool, spaced: bool
+) -> None:
+    """The frame's raw string token (escaped quotes) reads as its decoded text does."""
+    q = '"' if quoted else ""
+    sep = ", " if spaced else ","
+    text = "[" + sep.join(f"[{q}{p}{q}{sep}{q}{s}{q}]" for p, s in levels) + "]"
+    raw = msgspec.Raw(msgspec.json.encode(text))
+    out = np.zeros((max_levels(text), 2))
+    k = parse_levels_json(raw, out)
+    assert out[:k].tolist() == parse(text).tolist()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        b'[["1","2"]]',  # a list, not a string holding one
+        b'"[[\\u0031,2]]"',  # another escape: the careful path decodes it
+        b'"[[\\"1\\",\\"-2\\"]]"',  # a negative size
+        b'"[[\\"1\\",\\"2\\"]"',  # unbalanced
+        b'"[[\\"1\\",\\"2\\"]]',  # unterminated string
+        b"",
+    ],
+)
+def test_level_tokens_outside_the_plain_form_are_left_to_the_careful_path(token: bytes) -> None:
+    out = np.full((8, 2), 7.0)
+    assert parse_levels_json(msgspec.Raw(token), out) == -1
+
+
+def test_level_token_larger_than_the_buffer_is_refused() -> None:
+    raw = msgspec.Raw(msgspec.json.encode('[["1","2"],["3","4"]]'))
+    assert parse_levels_json(raw, np.zeros((1, 2))) == -1
+    assert parse_levels_json(raw, np.zeros((4, 2)), 2) == 2
 
 
 @settings(max_examples=300, deadline=None)

@@ -14,6 +14,7 @@ hex floats, a negative size and a non-positive price are errors.
 """
 
 cimport numpy as cnp
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite, llround
 from libc.stdint cimport int64_t, uint64_t
@@ -55,11 +56,20 @@ cdef inline Py_ssize_t _digit_run(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
-cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out) noexcept nogil:
+cdef inline Py_ssize_t _quote(const char* s, Py_ssize_t i, Py_ssize_t n, bint esc) noexcept nogil:
+    """The length of the quote token at ``s[i]`` (``"``, or ``\\"`` inside a JSON string), or 0."""
+    if esc:
+        return 2 if i + 1 < n and s[i] == c'\\' and s[i + 1] == c'"' else 0
+    return 1 if i < n and s[i] == c'"' else 0
+
+
+cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out,
+                        bint esc) noexcept nogil:
     """Parse one (optionally quoted) decimal at ``s[i]``; return the index after it, or -1.
 
     The common case (at most 19 digits, no exponent) is one pass over the digits; the
     value is exact when the mantissa fits 53 bits, otherwise ``strtod`` decides.
+    ``esc``: the text is the inside of a JSON string, where quotes are ``\\"``.
     """
     cdef bint quoted = False
     cdef bint neg = False
@@ -71,9 +81,10 @@ cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out) 
     cdef Py_ssize_t scale, ndigits
     cdef char[MAX_TOKEN + 1] buf
     cdef char* end
-    if i < n and s[i] == c'"':
+    cdef Py_ssize_t q = _quote(s, i, n, esc)
+    if q:
         quoted = True
-        i += 1
+        i += q
     start = i
     if i < n and s[i] == c'-':
         neg = True
@@ -115,14 +126,15 @@ cdef Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n, double* out) 
         if neg:
             out[0] = -out[0]
     if quoted:
-        if i >= n or s[i] != c'"':
+        q = _quote(s, i, n, esc)
+        if not q:
             return -1
-        i += 1
+        i += q
     return i
 
 
 cdef Py_ssize_t _parse(const char* s, Py_ssize_t n, double* out, Py_ssize_t cap,
-                       Py_ssize_t* err_pos) noexcept nogil:
+                       Py_ssize_t* err_pos, bint esc) noexcept nogil:
     """Fill ``out`` with (price, size) pairs; return the count, or a negative error code."""
     cdef Py_ssize_t i = _skip_ws(s, 0, n)
     cdef Py_ssize_t count = 0
@@ -139,14 +151,14 @@ cdef Py_ssize_t _parse(const char* s, Py_ssize_t n, double* out, Py_ssize_t cap,
         if i >= n or s[i] != c'[':
             err_pos[0] = i
             return -1
-        i = _number(s, _skip_ws(s, i + 1, n), n, &px)
+        i = _number(s, _skip_ws(s, i + 1, n), n, &px, esc)
         if i < 0:
             return -1
         i = _skip_ws(s, i, n)
         if i >= n or s[i] != c',':
             err_pos[0] = i
             return -1
-        i = _number(s, _skip_ws(s, i + 1, n), n, &sz)
+        i = _number(s, _skip_ws(s, i + 1, n), n, &sz, esc)
         if i < 0:
             return -1
         i = _skip_ws(s, i, n)
@@ -199,7 +211,7 @@ def parse_levels(str text, cnp.ndarray out, Py_ssize_t offset=0):
     cdef double* base = <double*>cnp.PyArray_DATA(out) + 2 * offset
     cdef Py_ssize_t count
     with nogil:
-        count = _parse(s, n, base, cap, &err_pos)
+        count = _parse(s, n, base, cap, &err_pos, False)
     if count >= 0:
         return count
     if count == -2:
@@ -211,6 +223,37 @@ def parse_levels(str text, cnp.ndarray out, Py_ssize_t offset=0):
         raise ValueError("level buffer too small; size it with max_levels()")
     where = f" at offset {err_pos}" if err_pos >= 0 else ""
     raise LevelsFormatError(f"malformed level list{where}: expected [[price, size], ...]")
+
+
+def parse_levels_json(object raw, cnp.ndarray out, Py_ssize_t offset=0):
+    """:func:`parse_levels` over the JSON string token itself (``msgspec.Raw``, bytes).
+
+    The venue nests the level list in a JSON string; reading the token in place, with
+    its ``\\"`` quotes, saves the decoder unescaping it into a new ``str``. Returns the
+    row count, or -1 when the token is not the plain form (not a string, another
+    escape, malformed, a bad value, or ``out`` too small): the caller then takes the
+    careful path over the decoded string, which raises the precise error.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t err_pos = -1
+    cdef Py_ssize_t count = -1
+    if (cnp.PyArray_TYPE(out) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(out) != 2
+            or cnp.PyArray_DIM(out, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(out)):
+        raise TypeError("out must be a C-contiguous float64 array of shape (cap, 2)")
+    cdef Py_ssize_t cap = cnp.PyArray_DIM(out, 0) - offset
+    if offset < 0 or cap < 0:
+        raise ValueError("offset outside the buffer")
+    cdef double* base = <double*>cnp.PyArray_DATA(out) + 2 * offset
+    PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
+    cdef const char* s = <const char*>view.buf
+    cdef Py_ssize_t n = view.len
+    try:
+        if n >= 2 and s[0] == c'"' and s[n - 1] == c'"':
+            with nogil:
+                count = _parse(s + 1, n - 2, base, cap, &err_pos, True)
+    finally:
+        PyBuffer_Release(&view)
+    return count if count >= 0 else -1
 
 
 # ---------------------------------------------------------------- timestamps

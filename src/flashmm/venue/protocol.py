@@ -60,6 +60,7 @@ from flashmm._core.wire import (
     format_levels_fixed,
     max_levels,
     parse_levels,
+    parse_levels_json,
     parse_rfc3339_ns,
 )
 
@@ -223,8 +224,10 @@ class _Attributes(msgspec.Struct, gc=False):
     timestamp: str | None = None
     sequence: int | str | None = None
     kind: str | None = None
-    bids: str | None = None
-    asks: str | None = None
+    # The level lists stay raw JSON string tokens from the typed decoder (read in place
+    # by parse_levels_json); the other event forms put decoded str here.
+    bids: msgspec.Raw = msgspec.Raw()  # empty: absent
+    asks: msgspec.Raw = msgspec.Raw()
     price: str | float | None = None
     size: str | float | None = None
     side: str | None = None
@@ -614,13 +617,23 @@ class FrameDecoder:
         start = self._offset
         try:
             ts = parse_rfc3339_ns(ts_text)
-            mid = start + parse_levels(bids_text, arena, start)
-            end = mid + parse_levels(asks_text, arena, mid)
+            if type(bids_text) is msgspec.Raw and type(asks_text) is msgspec.Raw:
+                n = parse_levels_json(bids_text, arena, start)
+                if n < 0:
+                    raise ValueError
+                mid = start + n
+                n = parse_levels_json(asks_text, arena, mid)
+                if n < 0:
+                    raise ValueError
+                end = mid + n
+            else:
+                mid = start + parse_levels(bids_text, arena, start)
+                end = mid + parse_levels(asks_text, arena, mid)
         except (ValueError, TypeError):
             # A missing or malformed field, or a full arena: the careful path.
             ts = _timestamp_ns("OrderBookUpdate", a)
-            bids = self._levels(a, "bids", bids_text)
-            asks = self._levels(a, "asks", asks_text)
+            bids = self._levels(a, "bids", _level_text(a, "bids", bids_text))
+            asks = self._levels(a, "asks", _level_text(a, "asks", asks_text))
             return BookUpdate(market, ts, seq, is_snapshot, bids, asks)
         self._offset = end
         key = (start, mid, end)
@@ -656,6 +669,21 @@ class FrameDecoder:
             n = parse_levels(text, arena, start)
         self._offset = start + n
         return arena[start : start + n]
+
+
+def _level_text(a: _Attributes, side: str, value: msgspec.Raw | str | None) -> str | None:
+    """The level list as text, whichever form the frame carried it in."""
+    if type(value) is not msgspec.Raw:
+        return value
+    try:
+        text = msgspec.json.decode(value) if len(value) else None
+    except msgspec.DecodeError:  # the typed decoder validated the frame: cannot happen
+        text = None
+    if text is not None and type(text) is not str:
+        raise _invalid(
+            "OrderBookUpdate", a, f"{side} must be a JSON string holding [[price, size], ...]"
+        )
+    return text
 
 
 def _data_sources(value: _DataValue) -> list[list[_Event]]:
