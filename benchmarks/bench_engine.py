@@ -37,7 +37,14 @@ import pytest
 import uvloop
 
 from flashmm._core.quoting import QuoteParams
-from flashmm.config import ENV_PREFIX, EngineConfig, EngineSection, MarketConfig, VenueSection
+from flashmm.config import (
+    ENV_PREFIX,
+    EngineConfig,
+    EngineSection,
+    MarketConfig,
+    StateSection,
+    VenueSection,
+)
 from flashmm.engine.engine import EmergencyStopReport, Engine
 from flashmm.engine.orders import OrderSettings
 from flashmm.engine.records import Side
@@ -120,6 +127,7 @@ def engine_config(sim: SimServer, journal: Path) -> EngineConfig:
         ),
         quoting=QuoteParams(min_spread_ticks=MIN_SPREAD_TICKS),
         markets=[MarketConfig(market_id=MARKET)],
+        state=StateSection(run_dir=str(journal.parent / "run")),
     )
 
 

@@ -89,6 +89,7 @@ def engine_settings(server: SimServer, journal: Path, **changes: Any) -> dict[st
         "orders": {"ack_timeout_s": 0.5, "reconcile_grace_s": 0.5},
         "quoting": {"base_size_lots": 10, "max_inventory_lots": 1000},
         "markets": [{"market_id": MARKET}],
+        "state": {"run_dir": str(journal.parent / "run")},  # a subprocess's embedded Redis
     }
     return _merge(data, changes)
 

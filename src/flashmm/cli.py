@@ -240,6 +240,8 @@ def run(
     from flashmm.config import ConfigError, load_config
     from flashmm.engine.engine import Engine, EngineError
     from flashmm.engine.journal import JournalError
+    from flashmm.state.publisher import StatePublisherError
+    from flashmm.state.valkey import EmbeddedValkey, EmbeddedValkeyError
     from flashmm.venue.gateway import GatewayError
 
     try:
@@ -267,15 +269,15 @@ def run(
         raise fail(str(exc)) from None
     configure_logging(cfg.engine.log_level, cfg.engine.log_format)
 
-    async def serve() -> None:
-        engine = Engine(cfg)
+    async def serve(redis_url: str) -> None:
+        engine = Engine(cfg, redis_url=redis_url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             await engine.start()
-        except (EngineError, JournalError, GatewayError, OSError) as exc:
+        except (EngineError, JournalError, GatewayError, StatePublisherError, OSError) as exc:
             await engine.stop()
             raise fail(str(exc)) from None
         if ready_file is not None:
@@ -287,7 +289,146 @@ def run(
             if ready_file is not None:
                 ready_file.unlink(missing_ok=True)
 
-    uvloop.run(serve())
+    # No Redis configured: an embedded one in the run directory, for this process's life
+    # (its URL file there tells the sidecar and the CLI where it is).
+    embedded: EmbeddedValkey | None = None
+    redis_url = cfg.state.redis_url
+    if not redis_url:
+        embedded = EmbeddedValkey(cfg.state.run_dir)
+        try:
+            redis_url = embedded.start()
+        except EmbeddedValkeyError as exc:
+            raise fail(str(exc)) from None
+    try:
+        uvloop.run(serve(redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds of trading and print the summary."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the API (0: any free port).")] = 8000,
+    run_dir: Annotated[
+        Path,
+        typer.Option(
+            file_okay=False,
+            help="Configs, logs, ready files and journal; kept afterwards, emptied next time.",
+        ),
+    ] = Path(".flashmm-demo"),
+) -> None:
+    """Run the whole system here: Valkey, simulator, engine and API; Ctrl-C stops it all."""
+    from rich.console import Console
+
+    from flashmm.demo import DemoError, DemoSettings, run_demo
+
+    try:
+        settings = DemoSettings(run_dir=str(run_dir), api_port=port, duration_s=duration)
+        code = run_demo(settings, out=Console(soft_wrap=True, highlight=False), err=err)
+    except DemoError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def api(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            exists=True,
+            dir_okay=False,
+            envvar="FLASHMM_CONFIG",
+            help="The engine's TOML file: the sidecar reads its [api] and [state] sections.",
+        ),
+    ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write {pid, urls} here as JSON once the API listens."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on ([api] host).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on ([api] port; 0: any free port).")
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis the engine publishes to (default: [state] redis_url, else the "
+            "embedded server's <run_dir>/redis.url)."
+        ),
+    ] = None,
+) -> None:
+    """Serve the REST + WebSocket API over the engine's state (needs a JWT secret)."""
+    from flashmm._logging import configure_logging
+    from flashmm.api import ApiStartError, InsecureSecret, InvalidRateLimit, serve
+    from flashmm.config import ConfigError, load_config
+    from flashmm.state.valkey import read_url_file
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if port is not None and not 0 <= port <= 65535:
+        raise fail(f"--port must be within 0..65535, got {port}")
+    url = redis_url or cfg.state.redis_url or read_url_file(cfg.state.run_dir)
+    if url is None:
+        raise fail(
+            f"no Redis to read: pass --redis-url, set [state] redis_url, or start the engine "
+            f"first (its embedded server writes {cfg.state.run_dir}/redis.url)"
+        )
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise fail(f"--redis-url must be a redis:// URL, got {url!r}")
+    configure_logging(cfg.engine.log_level, cfg.engine.log_format)
+    try:
+        serve(cfg, url, host=host, port=port, ready_file=ready_file)
+    except (InsecureSecret, InvalidRateLimit, ApiStartError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def token(
+    scope: Annotated[str, typer.Option(help="read (monitoring) or admin (control too).")],
+    subject: Annotated[
+        str, typer.Option(help="Who the token speaks for; it appears in the audit log.")
+    ] = "operator",
+    ttl: Annotated[
+        int | None, typer.Option(help="Lifetime in seconds (default: [api] token_ttl_s).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            exists=True,
+            dir_okay=False,
+            envvar="FLASHMM_CONFIG",
+            help="The engine's TOML file (the secret is best kept in FLASHMM_API__JWT_SECRET).",
+        ),
+    ] = None,
+) -> None:
+    """Print a bearer token for the API, signed with the configured JWT secret."""
+    from flashmm.api import InsecureSecret, mint_token
+    from flashmm.config import ConfigError, load_config
+
+    if scope not in ("read", "admin"):
+        raise fail(f"--scope must be read or admin, got {scope!r}")
+    try:
+        cfg = load_config(config)
+        minted = mint_token(
+            cfg.api.jwt_secret,
+            scope,  # type: ignore[arg-type]
+            subject,
+            cfg.api.token_ttl_s if ttl is None else ttl,
+            cfg.api.jwt_algorithm,
+        )
+    except (ConfigError, InsecureSecret, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(minted)
 
 
 def main() -> None:

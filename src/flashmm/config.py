@@ -103,8 +103,8 @@ class GatewaySection(_Section):
 class StateSection(_Section):
     """Where the engine publishes its state and reads commands (Redis)."""
 
-    redis_url: str | None = None
-    """``redis://host:port/db``; unset: an embedded Valkey server in ``run_dir``."""
+    redis_url: str = ""
+    """``redis://host:port/db``; empty: an embedded Valkey server in ``run_dir``."""
     prefix: str = "flashmm"
     """Prefix of every key and channel, so deployments can share one server."""
     run_dir: str = ".flashmm"
@@ -275,7 +275,7 @@ def _check(config: EngineConfig, where: str) -> None:
     st = config.state
     if not st.flush_hz > 0:
         raise ConfigError(f"{where}: state.flush_hz must be > 0")
-    if st.redis_url is not None and not st.redis_url.startswith(
+    if st.redis_url and not st.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(f"{where}: state.redis_url must be a redis:// URL, got {st.redis_url!r}")

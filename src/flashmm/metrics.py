@@ -463,6 +463,12 @@ class EngineMetrics:
         self.markout = gauge(
             "flashmm_markout_bps", "Mean markout of fills at a horizon.", ("market", "horizon")
         )
+        self.state_dropped = counter(
+            "flashmm_state_dropped_total",
+            "What the state publisher dropped while Redis was slow or down: queued events by "
+            "channel, and failed flushes.",
+            ("kind",),
+        )
 
         # Series with a known label set exist from the start, so the first increment is
         # visible to increase() and dashboards have no holes.

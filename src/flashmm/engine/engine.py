@@ -38,6 +38,10 @@ from flashmm.engine.portfolio import Portfolio, PortfolioMarket
 from flashmm.engine.records import Fill, Order, OrderState, Side
 from flashmm.engine.risk import RiskGate, RiskLadder, RiskMonitor, RiskState, Transition
 from flashmm.metrics import EngineMetrics
+from flashmm.state.commands import CommandReader, CommandSettings
+from flashmm.state.keys import Keys
+from flashmm.state.publisher import StatePublisher
+from flashmm.state.views import EngineView, VolumeWindow
 from flashmm.venue.feed import FeedMarket, FeedSettings, FeedState, MarketFeed
 from flashmm.venue.gateway import (
     BreakerState,
@@ -76,6 +80,8 @@ class _Market:
 
     __slots__ = (
         "book",
+        "decisions",
+        "feed_reason",
         "last_decide_ns",
         "live",
         "lot",
@@ -84,6 +90,7 @@ class _Market:
         "tick",
         "top_ask",
         "top_bid",
+        "volume",
     )
 
     def __init__(self, spec: MarketSpec, pipe: MarketPipeline) -> None:
@@ -93,17 +100,30 @@ class _Market:
         self.tick = float(spec.tick_size)
         self.lot = float(spec.lot_size)
         self.last_decide_ns = 0
+        self.decisions = 0
         self.top_bid = 0
         self.top_ask = 0
         self.live = False
+        self.feed_reason = "starting"
+        self.volume = VolumeWindow()  # the venue's traded notional, for the published state
 
 
 class Engine:
     """One engine process's trading; ``await start()``, then ``await stop()``."""
 
-    def __init__(self, config: EngineConfig, *, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        redis_url: str | None = None,
+    ) -> None:
+        """``redis_url`` (or ``[state] redis_url``) is where the state goes; neither: none."""
         self.config = config
         self.clock = clock
+        self.redis_url = redis_url or config.state.redis_url or None
+        self.publisher: StatePublisher | None = None
+        self.commands: CommandReader | None = None
         self.ready = False
         self.metrics = EngineMetrics()
         self.alerts: list[str] = []
@@ -257,9 +277,32 @@ class Engine:
         self._last_stream_connects = self.stream.counters["connects"]
         self._last_feed_connects = self.feed.counters["connects"]
         self.ready = True
+        if self.redis_url is not None:
+            await self._start_state(self.redis_url)
         log.info(
             "engine ready: %d markets, metrics on port %d", len(self.markets), self.metrics_port
         )
+
+    async def _start_state(self, redis_url: str) -> None:
+        """The publisher and the command reader; neither waits for Redis to answer."""
+        keys = Keys(prefix=self.config.state.prefix)
+        self.publisher = StatePublisher(
+            keys,
+            redis_url,
+            self.config.state,
+            source=EngineView(self, started_ns=self.clock()),
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.commands = CommandReader(
+            self,
+            keys,
+            redis_url,
+            settings=CommandSettings(max_age_s=self.config.api.command_timeout_s),
+            clock=self.clock,
+        )
+        await self.publisher.start()
+        await self.commands.start()
 
     async def _market_specs(self) -> list[MarketSpec]:
         try:
@@ -337,6 +380,8 @@ class Engine:
             return
         self._stopping = True
         self.ready = False
+        if self.commands is not None:
+            await self.commands.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -346,6 +391,8 @@ class Engine:
                 self.orders.pull(None, "shutdown")
                 await self._wait_no_live_orders(self.config.engine.shutdown_timeout_s)
             await self.orders.drain()
+        if self.publisher is not None:
+            await self.publisher.stop()  # after the pull: the last state shows no quotes
         if hasattr(self, "feed"):
             await self.feed.stop()
         if hasattr(self, "stream"):
@@ -389,6 +436,7 @@ class Engine:
             n += 1
         pipe.n_own = n
         mid = pipe.decide(now_ns)
+        m.decisions += 1
         if not m.live or not self.ready:
             return
         self.portfolio.mark(m.spec.market_id, mid, now_ns)
@@ -431,7 +479,10 @@ class Engine:
             self._sent_stamps[order.client_order_id] = (self.feed.frame_ns, perf_counter_ns())
 
     def on_trade(self, market_id: str, trade: Trade) -> None:
-        self.markets[market_id].pipe.on_trade(self.clock(), trade.size, trade.side)
+        m = self.markets[market_id]
+        now = self.clock()
+        m.pipe.on_trade(now, trade.size, trade.side)
+        m.volume.add(now, trade.price, trade.size)
 
     def on_state(self, market_id: str, state: FeedState, reason: str) -> None:
         m = self.markets.get(market_id)
@@ -439,6 +490,7 @@ class Engine:
             return
         live = state is FeedState.LIVE
         m.live = live
+        m.feed_reason = reason
         self.metrics.feed_events.labels(market_id, state.value).inc()
         self.monitor.observe_feed(market_id, live, self.clock())
         if not live and hasattr(self, "orders"):
@@ -451,12 +503,14 @@ class Engine:
             log.info("%s: feed live (%s)", market_id, reason)
 
     def on_alert(self, message: str) -> None:
-        self._alert(message)
+        self._alert(message, kind="feed")
 
-    def _alert(self, message: str) -> None:
+    def _alert(self, message: str, *, kind: str = "engine") -> None:
         self.alerts.append(message)
         del self.alerts[:-100]
         log.error("ALERT: %s", message)
+        if self.publisher is not None:
+            self.publisher.alert("critical", kind, message)
 
     # ================================================================= orders -> engine
     def on_order(self, order: Order) -> None:
@@ -466,6 +520,8 @@ class Engine:
             ).inc()
         if not order.is_live:
             self._sent_stamps.pop(order.client_order_id, None)
+        if self.publisher is not None:
+            self.publisher.order(order)
 
     def on_fill(self, fill: Fill, order: Order) -> None:
         self.portfolio.apply_fill(fill)
@@ -473,6 +529,8 @@ class Engine:
         if m is not None:
             m.pipe.inventory_lots = float(self.portfolio.position_lots(fill.market_id))
         self.metrics.fills.labels(fill.market_id, fill.side.wire, fill.liquidity).inc()
+        if self.publisher is not None:
+            self.publisher.fill(fill)
         if fill.market_id in self._fill_count:
             self._fill_count[fill.market_id] += 1
         log.info(
@@ -486,6 +544,8 @@ class Engine:
         )
 
     def _on_send(self, order: Order) -> None:
+        if self.publisher is not None:
+            self.publisher.order(order, new=True)
         stamps = self._sent_stamps.get(order.client_order_id)
         if stamps is not None:
             received, decided = stamps
@@ -514,7 +574,7 @@ class Engine:
     def _on_stream_gap(self, expected: int, got: int | None) -> None:
         # Events the venue no longer holds: fills may be missing. Stop adding risk and
         # let the operator look; reconciliation still closes what the venue closed.
-        self._alert(f"execution stream gap: expected seq {expected}, got {got}")
+        self._alert(f"execution stream gap: expected seq {expected}, got {got}", kind="stream")
         self._apply_transition(
             self.ladder.escalate(
                 RiskState.PAUSED, f"execution stream gap at seq {expected}", self.clock()
@@ -534,6 +594,8 @@ class Engine:
             )
         )
         self.metrics.risk_transitions.labels(transition.to_state.value).inc()
+        if self.publisher is not None:
+            self.publisher.risk(transition)
         log.warning(
             "risk %s -> %s: %s",
             transition.from_state.value,
@@ -755,7 +817,8 @@ class Engine:
                 self._alert(
                     f"{spec.market_id}: the venue's {spec.base} balance moved by "
                     f"{outside - base} more than this engine's fills explain "
-                    "(trading outside the engine, or a lost fill)"
+                    "(trading outside the engine, or a lost fill)",
+                    kind="balance",
                 )
                 self._base_balances[spec.market_id] = outside
                 del self._balance_diffs[spec.market_id]
@@ -818,12 +881,13 @@ class Engine:
         }
 
     def ready_payload(self) -> dict[str, Any]:
+        urls = {"metrics": f"http://{self.config.engine.metrics_host}:{self.metrics_port}/metrics"}
+        if self.redis_url is not None:
+            urls["redis"] = self.redis_url
         return {
             "pid": os.getpid(),
             "service": "engine",
-            "urls": {
-                "metrics": f"http://{self.config.engine.metrics_host}:{self.metrics_port}/metrics"
-            },
+            "urls": urls,
             "markets": sorted(self.markets),
         }
 

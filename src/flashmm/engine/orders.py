@@ -155,6 +155,10 @@ class _RateBudget:
     def take(self, now_ns: int) -> None:
         self._times.append(now_ns)
 
+    def left(self, now_ns: int) -> int:
+        """Events the window allows right now."""
+        return self.limit - sum(1 for t in self._times if now_ns - t < 1_000_000_000)
+
 
 _FAILURE_KIND: dict[type[GatewayError], str] = {
     GatewayTimeout: "timeout",
@@ -225,6 +229,10 @@ class OrderManager:
         if market_id is not None:
             return list(self.working[market_id].values())
         return [o for working in self.working.values() for o in working.values()]
+
+    def budget_left(self, market_id: str, now_ns: int) -> int:
+        """New orders the market's rate budget allows right now."""
+        return self._budgets[market_id].left(now_ns)
 
     def working_lots(self, market_id: str, side: Side) -> int:
         """Signed remaining size of the live orders of one side (counted as if filled)."""

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from flashmm._process import die_with_parent
+
 __all__ = ["EmbeddedValkey", "EmbeddedValkeyError", "free_port", "read_url_file"]
 
 URL_FILE = "redis.url"
@@ -66,7 +68,8 @@ class EmbeddedValkey:
         host: str = "127.0.0.1",
         start_timeout_s: float = 10.0,
     ) -> None:
-        self.run_dir = Path(run_dir)
+        # absolute: valkey-server changes into its --dir before it opens its log file
+        self.run_dir = Path(run_dir).resolve()
         self.host = host
         self.port = port
         self.start_timeout_s = start_timeout_s
@@ -104,7 +107,11 @@ class EmbeddedValkey:
                 "--protected-mode", "yes",
             ]  # fmt: skip
             proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),  # a SIGKILLed owner leaves no server behind
             )
             if self._wait_ready(proc, port):
                 self._proc = proc
@@ -150,8 +157,6 @@ class EmbeddedValkey:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / URL_FILE).unlink()
 
