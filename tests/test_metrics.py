@@ -391,3 +391,22 @@ def test_server_lifecycle() -> None:
     metrics.close()
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 1):
         pass
+
+
+def test_recent_latency_percentiles_cover_the_latest_samples_only() -> None:
+    metrics = EngineMetrics()
+    assert metrics.recent_latency_ms() == {}
+    clock = metrics.clock
+    # 2000 decisions of 1 ms, then the newest 1024 kept window: 24 old ones drop out
+    for k in range(2000):
+        clock.commit(T, T, T, T + 5_000_000)  # an old, slow decision: 5 ms
+        if k % 500 == 499:
+            metrics.flush()
+    for _ in range(1024):
+        clock.commit(T, T, T, T + 1_000_000)  # 1 ms
+    metrics.flush()
+    recent = metrics.recent_latency_ms()
+    assert recent["decided_p50"] == recent["decided_p99"] == 1.0
+    assert all(type(v) is float for v in recent.values())  # msgpack-able, not numpy
+    assert recent["decoded_p95"] == 0.0
+    assert "acked_p50" not in recent  # no sample yet: no figure

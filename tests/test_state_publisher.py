@@ -487,6 +487,13 @@ async def test_engine_state_snapshot_and_fills_as_journaled(
             "the fill counted",
         )
         assert position.portfolio.short_notional > 0
+        # the decision the fill's book update caused was timed and reported
+        timed = await until(
+            lambda: (s := published_state(redis_url)) and "decided_p50" in s.latency_ms and s,
+            "decision latency",
+        )
+        assert timed.latency_ms["decided_p50"] > 0
+        assert timed.model.inference_time_ms == timed.latency_ms["decided_p50"]
     finally:
         await pubsub.aclose()
         await listener.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -64,6 +65,9 @@ LATENCY_STAGES: tuple[str, ...] = (
 )
 """``stage`` label values: each names the END of its interval (``tick_to_order``:
 received -> order sent)."""
+
+RECENT_SAMPLES = 1024
+"""Latest samples per stage behind :meth:`EngineMetrics.recent_latency_ms`."""
 
 LATENCY_BUCKETS_NS: tuple[int, ...] = (
     *(mantissa * 10**exponent for exponent in range(3, 9) for mantissa in (1, 2, 5)),
@@ -259,6 +263,11 @@ class _StageLatencyCollector(Collector):
         self._sums_ns = [0] * len(LATENCY_STAGES)  # Python ints: exact, never overflow
         self._overwritten = dict.fromkeys(RINGS, 0)
         self._invalid = dict.fromkeys(RINGS, 0)
+        # The latest samples per stage, for the recent percentiles the state publisher
+        # reports (the histograms hold everything since start).
+        self.recent: dict[str, deque[int]] = {
+            s: deque(maxlen=RECENT_SAMPLES) for s in LATENCY_STAGES
+        }
 
     def fold(
         self,
@@ -277,6 +286,8 @@ class _StageLatencyCollector(Collector):
         # float64 cannot overflow and is exact below 2**53 ns (104 days) per flush.
         sums = [round(s) for s in durations_ns.sum(axis=0, dtype=np.float64)]
         rows = [_STAGE_INDEX[stage] for stage in stages]
+        for k, stage in enumerate(stages):
+            self.recent[stage].extend(durations_ns[:, k].tolist())
         with self._lock:
             self._counts[rows] += counts
             for row, total in zip(rows, sums, strict=True):
@@ -530,6 +541,17 @@ class EngineMetrics:
             self._latency.fold(stages, intervals, ring, invalid, overwritten[ring])
             folded += intervals.shape[0]
         return folded
+
+    def recent_latency_ms(self) -> dict[str, float]:
+        """p50/p95/p99 of each stage over its latest samples, in ms: ``{"decided_p95": ...}``."""
+        out: dict[str, float] = {}
+        for stage, samples in self._latency.recent.items():
+            if samples:
+                p50, p95, p99 = np.percentile(np.fromiter(samples, np.int64), (50, 95, 99))
+                out[f"{stage}_p50"] = round(float(p50) / 1e6, 4)
+                out[f"{stage}_p95"] = round(float(p95) / 1e6, 4)
+                out[f"{stage}_p99"] = round(float(p99) / 1e6, 4)
+        return out
 
     def update_quote_uptime(self, now_ns: int) -> None:
         """Set ``flashmm_quote_uptime_ratio`` of every pair :attr:`uptime` has seen, at

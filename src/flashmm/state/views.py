@@ -794,6 +794,7 @@ def engine_state(
         if engine.metrics_port
         else None
     )
+    latency_ms = engine.metrics.recent_latency_ms()
     return EngineState(
         version=flashmm.__version__,
         pid=os.getpid(),
@@ -830,9 +831,11 @@ def engine_state(
             horizon_ms=model.horizon_ms,
             last_prediction_ns=last_prediction or None,
             predictions_per_second=predictions_per_second,
+            inference_time_ms=latency_ms.get("decided_p50"),
             accuracy=scorer.accuracy,
             scored=scorer.scored,
         ),
+        latency_ms=latency_ms,
         venue_breaker=engine.gateway.breaker.state.value,
         alerts=list(engine.alerts[-10:]),
         dropped=dict(dropped),
