@@ -659,7 +659,7 @@ BAD_EVENTS = [
     ("OrderBookUpdate", BOOK | {"bids": '[["0.45","-1"]]'}, "size"),
     ("OrderBookUpdate", BOOK | {"bids": [["0.45", "1"]]}, "bids"),  # a list, not a string
     ("OrderBookUpdate", BOOK | {"bids": None}, "bids"),
-    ("OrderBookUpdate", BOOK | {"asks": r'[[\"0.45\", \"1\"]]'}, "asks"),  # escaped twice
+    ("OrderBookUpdate", BOOK | {"asks": r"[[\"0.45\", \"1\"]]"}, "asks"),  # escaped twice
     ("OrderBookUpdate", BOOK | {"asks": '[["0.45","nan"]]'}, "asks"),
     ("OrderBookUpdate", BOOK | {"asks": '[["0.45","NaN"]]'}, "asks"),
     ("OrderBookUpdate", BOOK | {"asks": '[["0","1"]]'}, "price"),

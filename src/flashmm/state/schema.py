@@ -261,6 +261,9 @@ class PositionEvent(msgspec.Struct, kw_only=True, tag="position"):
     fees: float
     pnl_usdc: float
     """Net PnL of this market."""
+    volume_usdc: float = 0.0
+    """Quote notional this engine traded in this market since it started."""
+    fills: int = 0
     markouts_bps: dict[str, float] = {}
     seq: int = 0
 

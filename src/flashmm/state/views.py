@@ -497,6 +497,8 @@ def position_event(engine: Engine, market_id: str, now_ns: int) -> PositionEvent
         unrealized_pnl=pos.unrealized_pnl,
         fees=pos.fees,
         pnl_usdc=pos.net_pnl,
+        volume_usdc=pos.volume,
+        fills=pos.fills,
         markouts_bps={k: v.mean_bps for k, v in pos.markouts.items() if v.count},
     )
 
