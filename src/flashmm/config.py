@@ -275,9 +275,7 @@ def _check(config: EngineConfig, where: str) -> None:
     st = config.state
     if not st.flush_hz > 0:
         raise ConfigError(f"{where}: state.flush_hz must be > 0")
-    if st.redis_url and not st.redis_url.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if st.redis_url and not st.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{where}: state.redis_url must be a redis:// URL, got {st.redis_url!r}")
     for name in ("history_maxlen", "stream_maxlen", "max_pending_events"):
         if not getattr(st, name) > 0:
