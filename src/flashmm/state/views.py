@@ -9,6 +9,7 @@ strings. The small accumulators (:class:`VolumeWindow`, :class:`PredictionScorer
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import deque
@@ -111,8 +112,17 @@ def decimal_text(units: int, increment: Decimal) -> str:
 
 
 def _price(ticks: float, tick: float) -> float | None:
-    # float(): the kernels' outputs are numpy scalars, which MessagePack does not encode
-    return float(ticks) * tick if ticks > 0 and math.isfinite(ticks) else None
+    """``ticks * tick`` without binary noise (0.3999, not 0.39990000000000003)."""
+    if not (ticks > 0 and math.isfinite(ticks)):
+        return None
+    # float(): the kernels' outputs are numpy scalars, which MessagePack does not encode.
+    # Two digits past the tick's own keep half ticks (mids) and fair values exact enough.
+    return round(float(ticks) * tick, _price_digits(tick))
+
+
+@functools.cache
+def _price_digits(tick: float) -> int:
+    return max(0, -math.floor(math.log10(tick))) + 2
 
 
 def _finite(value: float) -> float:
@@ -325,7 +335,7 @@ def quote_inputs(m: _Market, now_ns: int) -> QuoteInputs:
     mid = m.pipe.mid
     return QuoteInputs(
         ts_ns=m.last_decide_ns or now_ns,
-        mid=mid * tick if math.isfinite(mid) and mid > 0 else None,
+        mid=_price(mid, tick),
         fair_value=_price(q[QO_FAIR], tick),
         reservation_price=_price(q[QO_RESERVATION], tick),
         half_spread=_price(q[QO_HALF_SPREAD], tick),
@@ -530,7 +540,7 @@ def market_data_event(engine: Engine, market_id: str, now_ns: int) -> MarketData
         ts_ns=now_ns,
         bid=_price(bid, m.tick),
         ask=_price(ask, m.tick),
-        mid=mid * m.tick if math.isfinite(mid) else None,
+        mid=_price(mid, m.tick),
         spread_bps=_spread_bps(bid, ask),
         last_trade_price=m.volume.last_price,
         volume_24h=m.volume.total(now_ns),
