@@ -356,6 +356,7 @@ def test_book_update_to_order(benchmark, tmp_path: Path, monkeypatch: pytest.Mon
                 result["trials"] = loop.run_until_complete(_trials(sim, probe, trials))
 
             benchmark.pedantic(run, rounds=1, iterations=1)
+            inside = _engine_stage_latencies(tmp_path / "run")
         finally:
             loop.run_until_complete(_stop_engine_process(proc))
     latencies, missed = result["trials"]
@@ -366,7 +367,34 @@ def test_book_update_to_order(benchmark, tmp_path: Path, monkeypatch: pytest.Mon
         f"\nbook update -> order at the venue, {len(latencies)} of {trials} trials "
         f"({missed} without an order in {ORDER_WAIT_S * 1e3:.0f} ms): "
         + ", ".join(f"{k.removesuffix('_us')} {v:.0f} µs" for k, v in stats.items())
+        + "\ninside the engine (its latest 1024 ticks, frame received -> ...): "
+        + ", ".join(f"{k} {v * 1e3:.0f} µs" for k, v in inside.items())
     )
+
+
+def _engine_stage_latencies(run_dir: Path) -> dict[str, float]:
+    """The engine's own stage percentiles (ms), as it published them to its Redis."""
+    import redis
+
+    from flashmm.state.keys import Keys
+    from flashmm.state.schema import decode_engine_state
+    from flashmm.state.valkey import read_url_file
+
+    url = read_url_file(run_dir)
+    assert url is not None, f"the engine wrote no redis.url in {run_dir}"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 2.0
+        while True:  # the state is flushed at 10 Hz: wait for one after the trials
+            data = client.get(Keys().engine)
+            latency = decode_engine_state(data).latency_ms if data else {}
+            if "tick_to_order_p50" in latency or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        client.close()
+    wanted = ("decided", "tick_to_order", "acked")
+    return {k: v for k, v in latency.items() if k.rsplit("_", 1)[0] in wanted}
 
 
 # ------------------------------------------------------------ emergency stop
