@@ -13,6 +13,7 @@ from flashmm import __version__
 from flashmm.api import _admin, _dashboard, _health, _live, _metrics, _trading
 from flashmm.api._context import ApiContext, get_context
 from flashmm.api._errors import install_error_handlers
+from flashmm.api._fastpath import CachedStatusMiddleware
 from flashmm.api._middleware import RequestContextMiddleware
 from flashmm.config import EngineConfig
 
@@ -42,8 +43,11 @@ def create_app(config: EngineConfig, redis_url: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await ctx.close()
+        await ctx.start()
+        try:
+            yield
+        finally:
+            await ctx.close()
 
     app = FastAPI(
         title="FlashMM API",
@@ -90,5 +94,7 @@ def create_app(config: EngineConfig, redis_url: str) -> FastAPI:
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
     )
+    # the polled status answered from memory, inside the request id, before CORS and routing
+    app.add_middleware(CachedStatusMiddleware, ctx=ctx)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.api.max_body_bytes)
     return app

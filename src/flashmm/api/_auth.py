@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from collections import OrderedDict
+from typing import Final, Literal
 
 import jwt
 import msgspec
@@ -29,6 +30,8 @@ Algorithm = Literal["HS256", "HS384", "HS512"]
 _MIN_SECRET_BYTES: dict[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "scope"]
 _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+VERIFIED_CACHE_SIZE: Final = 1024
+"""Verified tokens remembered (until their expiry) so a client's next request skips the HMAC."""
 
 
 class InsecureSecret(ValueError):
@@ -86,12 +89,21 @@ def _unauthorized(code: str, message: str) -> ApiError:
 
 
 class TokenVerifier:
-    """Checks ``Authorization: Bearer`` values against one secret and algorithm."""
+    """Checks ``Authorization: Bearer`` values against one secret and algorithm.
 
-    def __init__(self, secret: str, algorithm: Algorithm) -> None:
+    A token that verified is remembered, with its ``exp``, in a bounded LRU: until it
+    expires it stands for the same principal (the secret cannot change under a running
+    verifier), so checking its signature again would only cost time.
+    """
+
+    def __init__(
+        self, secret: str, algorithm: Algorithm, cache_size: int = VERIFIED_CACHE_SIZE
+    ) -> None:
         check_secret(secret, algorithm)
         self._secret = secret
         self._algorithm = algorithm
+        self._cache_size = cache_size
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     def from_header(self, header: str | None) -> Principal:
         """The principal of an ``Authorization`` header value; 401 with the reason if none."""
@@ -106,8 +118,29 @@ class TokenVerifier:
             )
         return self.verify(token.strip())
 
+    def known(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not expired since, else None."""
+        found = self._verified.get(token)
+        if found is None or time.time() >= found[1]:
+            return None
+        return found[0]
+
     def verify(self, token: str) -> Principal:
         """The principal of a raw token; 401 saying why it is refused."""
+        known = self._verified.get(token)
+        if known is not None:
+            principal, expires = known
+            if time.time() < expires:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]  # expired: the full check below says so
+        principal, expires = self._check(token)
+        self._verified[token] = (principal, expires)
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _check(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -143,7 +176,8 @@ class TokenVerifier:
                 f"the token's scope must be one of {', '.join(SCOPES)} and its subject a "
                 "non-empty string",
             )
-        return Principal(subject=subject, scope=scope)
+        # PyJWT refuses a token once now >= int(exp); the cache must not outlive that
+        return Principal(subject=subject, scope=scope), float(int(claims["exp"]))
 
     @staticmethod
     def require(principal: Principal, scope: Scope) -> None:

@@ -18,7 +18,7 @@ from flashmm.api._clock import now_ns, rfc3339, rfc3339_now
 from flashmm.api._context import ApiContext, Ctx, guard
 from flashmm.api._health import assess
 from flashmm.api._hub import PNL, Subscriber
-from flashmm.api._live import run_session
+from flashmm.api._live import hub_session, run_session
 from flashmm.api._models import (
     DashboardPortfolio,
     DashboardPosition,
@@ -153,7 +153,7 @@ ReadAccess = Annotated[object, Depends(guard("trading", "read"))]
     summary="Everything the dashboard shows, in one request",
 )
 async def snapshot(ctx: Ctx, _: ReadAccess) -> DashboardSnapshot:
-    state = await ctx.reader.require_engine()
+    state = (await ctx.state.require_engine())[0]
     health = await assess(ctx)
     snaps = list(health.snapshots.values())
     signals = await ctx.reader.recent(ctx.keys.history("predictions"), _SIGNALS)
@@ -238,8 +238,7 @@ async def dashboard_ws(websocket: WebSocket, ctx: ApiContext) -> None:
     sub.channels.update(LIVE_CHANNELS)
     sub.channels.add(PNL)
     client_id = uuid.uuid4().hex
-    try:
-        await ctx.hub.add(sub)
+    async with hub_session(websocket, ctx, sub, slot):
         hello = {"client_id": client_id, "heartbeat_s": ctx.config.api.ws_heartbeat_s}
         sub.offer_control(_message("connected", hello))
         tasks = [
@@ -248,6 +247,3 @@ async def dashboard_ws(websocket: WebSocket, ctx: ApiContext) -> None:
             asyncio.create_task(_heartbeat(sub, ctx.config.api.ws_heartbeat_s)),
         ]
         await run_session(websocket, sub, tasks)
-    finally:
-        ctx.hub.remove(sub)
-        await ctx.ws_slots.release(slot)

@@ -3,10 +3,13 @@
 Every error answers ``{"error": {"code", "message", "details", "timestamp", "request_id"}}``
 (the specification's format), whatever raised it: our own :class:`ApiError`, Starlette's
 404/405, a request that fails validation (400, not FastAPI's 422), or a Redis outage (503).
+A WebSocket cannot take an HTTP answer: an error there closes it with code 1011 and the
+message as the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -16,10 +19,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocket
 
 from flashmm.api._clock import rfc3339_now
 
-__all__ = ["ApiError", "ErrorHook", "error_response", "install_error_handlers"]
+__all__ = [
+    "CLOSE_INTERNAL_ERROR",
+    "REDIS_UNAVAILABLE",
+    "ApiError",
+    "ErrorHook",
+    "close_websocket",
+    "error_response",
+    "install_error_handlers",
+]
 
 log = logging.getLogger("flashmm.api")
 
@@ -35,6 +47,20 @@ _CODES = {
     503: "SERVICE_UNAVAILABLE",
     504: "ENGINE_TIMEOUT",
 }
+
+
+CLOSE_INTERNAL_ERROR = 1011
+_MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+REDIS_UNAVAILABLE = (
+    "the state store (Redis) does not answer; the engine keeps trading without it, "
+    "retry once it is back"
+)
+
+
+async def close_websocket(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with ``code`` and ``reason`` cut to what a close frame can carry."""
+    reason_bytes = reason.encode()[:_MAX_REASON_BYTES]
+    await websocket.close(code=code, reason=reason_bytes.decode(errors="ignore"))
 
 
 class ApiError(StarletteHTTPException):
@@ -91,6 +117,11 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+async def _close_failed(websocket: WebSocket, reason: str) -> None:
+    with contextlib.suppress(Exception):  # already closed, or the client is gone
+        await close_websocket(websocket, CLOSE_INTERNAL_ERROR, reason)
+
+
 def install_error_handlers(app: FastAPI, on_error: ErrorHook | None = None) -> None:
     """Answer every error of ``app`` in the spec's format; ``on_error`` sees each one."""
 
@@ -106,8 +137,11 @@ def install_error_handlers(app: FastAPI, on_error: ErrorHook | None = None) -> N
             await on_error(request, status_code, code, message)
         return error_response(status_code, code, message, _request_id(request), details, headers)
 
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse | None:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(request, WebSocket):
+            await _close_failed(request, f"{type(exc).__name__}: {exc.detail}")
+            return None
         if isinstance(exc, ApiError):
             return await respond(
                 request, exc.status_code, exc.code, exc.message, exc.details, exc.headers
@@ -135,15 +169,13 @@ def install_error_handlers(app: FastAPI, on_error: ErrorHook | None = None) -> N
             request, 400, "INVALID_REQUEST", f"invalid request: {names}", {"fields": fields}
         )
 
-    async def redis_error(request: Request, exc: Exception) -> JSONResponse:
+    async def redis_error(request: Request, exc: Exception) -> JSONResponse | None:
         log.warning("redis error on %s: %r", request.url.path, exc)
+        if isinstance(request, WebSocket):
+            await _close_failed(request, f"REDIS_UNAVAILABLE: {REDIS_UNAVAILABLE}")
+            return None
         return await respond(
-            request,
-            503,
-            "REDIS_UNAVAILABLE",
-            "the state store (Redis) does not answer; the engine keeps trading without it, "
-            "retry once it is back",
-            {"reason": type(exc).__name__},
+            request, 503, "REDIS_UNAVAILABLE", REDIS_UNAVAILABLE, {"reason": type(exc).__name__}
         )
 
     app.add_exception_handler(StarletteHTTPException, http_error)

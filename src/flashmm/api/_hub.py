@@ -16,6 +16,7 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
+from flashmm.api._cache import StateCache
 from flashmm.api._state import HistoryEntry, StateReader
 from flashmm.state.keys import LIVE_CHANNELS
 from flashmm.state.schema import EngineState
@@ -66,9 +67,10 @@ class Subscriber:
 class Hub:
     """Tails ``{prefix}:history:{channel}`` for all channels with one XREAD BLOCK loop."""
 
-    def __init__(self, redis: aioredis.Redis, reader: StateReader) -> None:
+    def __init__(self, redis: aioredis.Redis, reader: StateReader, cache: StateCache) -> None:
         self._redis = redis
         self._reader = reader
+        self._cache = cache
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
@@ -143,7 +145,7 @@ class Hub:
         if now - self._last_poll < _PNL_POLL_S:
             return
         self._last_poll = now
-        view = await self._reader.engine()
+        view = await self._cache.engine()
         if view.state is None:
             return
         p = view.state.portfolio

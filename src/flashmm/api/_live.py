@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import msgspec
+import redis.exceptions
 from fastapi import WebSocket, WebSocketDisconnect
 
 from flashmm.api._clock import rfc3339, rfc3339_now
@@ -36,11 +38,17 @@ from flashmm.api._views import (
     position_data,
     trading_data,
 )
-from flashmm.api._wsgate import CLOSE_INTERNAL_ERROR, CLOSE_POLICY, admit, close_with
+from flashmm.api._wsgate import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY,
+    admit,
+    close_with,
+    failure_reason,
+)
 from flashmm.state.keys import LIVE_CHANNELS, LiveChannel
 from flashmm.state.schema import EngineState
 
-__all__ = ["live_metrics", "snapshot_data"]
+__all__ = ["hub_session", "live_metrics", "run_session", "snapshot_data"]
 
 log = logging.getLogger("flashmm.api")
 
@@ -89,11 +97,10 @@ async def snapshot_data(ctx: ApiContext, channel: LiveChannel) -> list[dict[str,
     if channel == "alerts":
         recent = await reader.recent(ctx.keys.history("alerts"), _SNAPSHOT_EVENTS)
         return [d for d in (event_data(e.event) for e in recent) if d is not None]
-    view = await reader.engine()
-    state = view.state
+    read = await ctx.state.current()
+    state, snaps = read.state, read.snapshots
     if state is None:
         return []
-    snaps = await reader.snapshots(state.markets)
     if channel == "trading":
         return [trading_data(s) for s in snaps.values()]
     if channel == "positions":
@@ -222,7 +229,7 @@ async def run_session(
         code, reason = CLOSE_POLICY, sub.drop_reason
     elif failure is not None:
         log.warning("WebSocket session failed: %r", failure)
-        code, reason = CLOSE_INTERNAL_ERROR, f"server error: {type(failure).__name__}; reconnect"
+        code, reason = CLOSE_INTERNAL_ERROR, failure_reason(failure)
     else:
         return  # the client left
     with contextlib.suppress(Exception):
@@ -236,13 +243,36 @@ async def live_metrics(websocket: WebSocket, ctx: ApiContext) -> None:
         return
     _, slot = admitted
     session = _Session(websocket, ctx)
-    try:
-        await ctx.hub.add(session.sub)
+    async with hub_session(websocket, ctx, session.sub, slot):
         tasks = [
             asyncio.create_task(session.receive(), name="live-receive"),
             asyncio.create_task(session.deliver(), name="live-deliver"),
         ]
         await run_session(websocket, session.sub, tasks)
+
+
+@contextlib.asynccontextmanager
+async def hub_session(
+    websocket: WebSocket, ctx: ApiContext, sub: Subscriber, slot: str
+) -> AsyncIterator[None]:
+    """``sub`` on the hub for the block; a Redis error closes the socket with 1011 and why.
+
+    The connection holds no Redis connection of its own: the hub reads for everyone, and
+    the few reads of a session (history, slot) borrow one from the shared pool in turn.
+    """
+    try:
+        await ctx.hub.add(sub)
+        yield
+    except redis.exceptions.RedisError as exc:
+        log.warning("WebSocket closed, Redis does not answer: %r", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                close_with(websocket, CLOSE_INTERNAL_ERROR, failure_reason(exc)),
+                _CLOSE_TIMEOUT_S,
+            )
     finally:
-        ctx.hub.remove(session.sub)
-        await ctx.ws_slots.release(slot)
+        ctx.hub.remove(sub)
+        try:
+            await ctx.ws_slots.release(slot)
+        except redis.exceptions.RedisError as exc:  # the slot's lease runs out on its own
+            log.warning("could not release a WebSocket slot: %r", exc)

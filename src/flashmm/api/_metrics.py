@@ -113,8 +113,8 @@ class _StateCollector(Collector):
     summary="Prometheus exposition of the specification's metrics",
 )
 async def prometheus(ctx: Ctx, _: MetricsAccess) -> Response:
-    view = await ctx.reader.engine()
-    snaps = await ctx.reader.snapshots(view.state.markets) if view.state is not None else {}
+    read = await ctx.state.current()
+    view, snaps = ctx.state.view(read), read.snapshots
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StateCollector(view, snaps, ctx.hub.connections))
     return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)
@@ -130,8 +130,8 @@ def _mean(values: list[float]) -> float | None:
     summary="Trading metrics in JSON, in total and per market",
 )
 async def trading_metrics(ctx: Ctx, _: MetricsAccess) -> TradingMetrics:
-    state = await ctx.reader.require_engine()
-    snaps = await ctx.reader.snapshots(state.markets)
+    state, read = await ctx.state.require_engine()
+    snaps = read.snapshots
     uptime_s = max(0.0, (now_ns() - state.started_ns) / 1e9)
     quoted = [s.quote.spread_bps for s in snaps.values() if s.quote and s.quote.spread_bps]
     improvements = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from pathlib import Path
@@ -75,6 +76,11 @@ async def _serve(server: uvicorn.Server, host: str, ready_file: Path | None) -> 
             raise ApiStartError(f"the API could not listen on {host}; see the log above")
         await asyncio.sleep(0.01)
     port = int(server.servers[0].sockets[0].getsockname()[1])
+    # Everything alive now (modules, the app, its routes) lives as long as the process:
+    # kept out of the collector, a full collection takes ~0.5 ms instead of ~70 ms, which
+    # was the p99 latency of every request waiting behind it.
+    gc.collect()
+    gc.freeze()
     if ready_file is not None:
         write_ready_file(ready_file, ready_payload(host, port))
     try:

@@ -35,6 +35,7 @@ __all__ = [
     "OrderFilter",
     "StateReader",
     "order_status",
+    "unavailable",
 ]
 
 log = logging.getLogger("flashmm.api")
@@ -73,6 +74,14 @@ class HistoryEntry(msgspec.Struct, frozen=True):
     event: Event
 
 
+def unavailable(view: EngineView) -> ApiError:
+    """503 ``ENGINE_UNAVAILABLE`` saying why the engine of ``view`` is unavailable."""
+    details: dict[str, object] = {}
+    if view.heartbeat_age_s is not None:
+        details["heartbeat_age_s"] = round(view.heartbeat_age_s, 3)
+    return ApiError(503, "ENGINE_UNAVAILABLE", view.reason, details)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -85,28 +94,41 @@ class StateReader:
         self.keys = keys
         self.heartbeat_timeout_s = heartbeat_timeout_s
 
-    async def engine(self) -> EngineView:
-        raw = await self.redis.get(self.keys.engine)
+    async def read_raw(self, markets: list[str]) -> tuple[bytes | None, ...]:
+        """The engine state and each market's snapshot as stored, in one round trip.
+
+        One transaction, so the state and snapshots come from the same engine flush.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.keys.engine)
+            if markets:
+                pipe.mget([self.keys.snapshot(s) for s in markets])
+            replies = await pipe.execute()
+        return (replies[0], *(replies[1] if markets else ()))
+
+    async def read_raw_snapshots(self, markets: list[str]) -> tuple[bytes | None, ...]:
+        if not markets:
+            return ()
+        return tuple(await self.redis.mget([self.keys.snapshot(s) for s in markets]))
+
+    @staticmethod
+    def decode_engine(raw: bytes | None) -> tuple[EngineState | None, str]:
+        """The stored engine state, or None and why there is none usable."""
         if raw is None:
-            return EngineView(
-                state=None,
-                available=False,
-                reason="no engine has published its state: is `flashmm run` started with the "
-                "same [state] settings?",
-                heartbeat_age_s=None,
+            return None, (
+                "no engine has published its state: is `flashmm run` started with the "
+                "same [state] settings?"
             )
         try:
-            state = decode_engine_state(raw)
+            return decode_engine_state(raw), ""
         except SchemaMismatch as exc:
-            return EngineView(state=None, available=False, reason=str(exc), heartbeat_age_s=None)
+            return None, str(exc)
         except msgspec.DecodeError as exc:
-            return EngineView(
-                state=None,
-                available=False,
-                reason=f"the engine state in Redis cannot be read: {exc}",
-                heartbeat_age_s=None,
-            )
-        age = max(0.0, (now_ns() - state.heartbeat_ns) / 1e9)
+            return None, f"the engine state in Redis cannot be read: {exc}"
+
+    def judge(self, state: EngineState, at_ns: int) -> EngineView:
+        """Whether ``state`` counts as an available engine at ``at_ns`` (heartbeat age)."""
+        age = max(0.0, (at_ns - state.heartbeat_ns) / 1e9)
         if age > self.heartbeat_timeout_s:
             return EngineView(
                 state=state,
@@ -121,22 +143,11 @@ class StateReader:
             )
         return EngineView(state=state, available=True, reason="", heartbeat_age_s=age)
 
-    async def require_engine(self) -> EngineState:
-        """The engine state; 503 ``ENGINE_UNAVAILABLE`` saying why if it is unavailable."""
-        view = await self.engine()
-        if not view.available or view.state is None:
-            details: dict[str, object] = {}
-            if view.heartbeat_age_s is not None:
-                details["heartbeat_age_s"] = round(view.heartbeat_age_s, 3)
-            raise ApiError(503, "ENGINE_UNAVAILABLE", view.reason, details)
-        return view.state
-
-    async def snapshots(self, symbols: Iterable[str]) -> dict[str, MarketSnapshot]:
-        """Each market's latest snapshot, in the order given; missing ones are left out."""
-        symbols = list(symbols)
-        if not symbols:
-            return {}
-        raws = await self.redis.mget([self.keys.snapshot(s) for s in symbols])
+    @staticmethod
+    def decode_snapshots(
+        symbols: Iterable[str], raws: Iterable[bytes | None]
+    ) -> dict[str, MarketSnapshot]:
+        """The readable snapshots by symbol, in the order given; missing ones left out."""
         out: dict[str, MarketSnapshot] = {}
         for symbol, raw in zip(symbols, raws, strict=True):
             if raw is None:
@@ -146,6 +157,21 @@ class StateReader:
             except msgspec.DecodeError as exc:
                 log.warning("unreadable snapshot of %s: %s", symbol, exc)
         return out
+
+    async def engine(self) -> EngineView:
+        """The engine state read from Redis now (the cache serves requests; this is for
+        the few that must not act on a state up to one refresh old)."""
+        state, problem = self.decode_engine(await self.redis.get(self.keys.engine))
+        if state is None:
+            return EngineView(state=None, available=False, reason=problem, heartbeat_age_s=None)
+        return self.judge(state, now_ns())
+
+    async def require_engine(self) -> EngineState:
+        """The engine state; 503 ``ENGINE_UNAVAILABLE`` saying why if it is unavailable."""
+        view = await self.engine()
+        if not view.available or view.state is None:
+            raise unavailable(view)
+        return view.state
 
     # ------------------------------------------------------------------ histories
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
 
 from flashmm.api._clock import rfc3339, rfc3339_now
 from flashmm.api._context import Ctx, guard
@@ -29,7 +30,7 @@ from flashmm.api._state import OrderFilter
 from flashmm.api._views import fill_data, order_data
 from flashmm.state.schema import EngineState, MarketSnapshot
 
-__all__ = ["market_status", "router", "utilization_percent"]
+__all__ = ["STATUS_BODY", "market_status", "router", "status_body", "utilization_percent"]
 
 router = APIRouter(
     prefix="/trading",
@@ -60,10 +61,12 @@ def utilization_percent(snapshots: list[MarketSnapshot]) -> float:
     return max(used, default=0.0)
 
 
-@router.get("/status", response_model=TradingStatus, summary="Engine and per-market status")
-async def status(ctx: Ctx) -> TradingStatus:
-    state = await ctx.reader.require_engine()
-    snaps = await ctx.reader.snapshots(state.markets)
+STATUS_BODY = "trading_status"
+"""Name of the ``/trading/status`` body among what is derived from a state read."""
+
+
+def status_body(state: EngineState, snaps: dict[str, MarketSnapshot]) -> bytes:
+    """The ``/trading/status`` JSON of one state read."""
     markets = []
     for symbol in state.markets:
         snap = snaps.get(symbol)
@@ -77,19 +80,28 @@ async def status(ctx: Ctx) -> TradingStatus:
                 daily_pnl_usdc=snap.daily_pnl if snap else 0.0,
             )
         )
-    return TradingStatus(
+    status = TradingStatus(
         status=state.status,
         markets=markets,
         total_pnl_usdc=state.portfolio.net_pnl,
         risk_level=state.risk.state,
         risk_reason=state.risk.reason,
     )
+    return status.model_dump_json().encode()
+
+
+@router.get("/status", response_model=TradingStatus, summary="Engine and per-market status")
+async def status(ctx: Ctx) -> Response:
+    state, read = await ctx.state.require_engine()
+    # nothing in the body depends on the time of the request: one encoding per engine flush
+    body = read.derived(STATUS_BODY, lambda: status_body(state, read.snapshots))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/positions", response_model=PositionsResponse, summary="Inventory per market")
 async def positions(ctx: Ctx) -> PositionsResponse:
-    state = await ctx.reader.require_engine()
-    snaps = list((await ctx.reader.snapshots(state.markets)).values())
+    _, read = await ctx.state.require_engine()
+    snaps = list(read.snapshots.values())
     rows = []
     for snap in snaps:
         p = snap.position
@@ -129,9 +141,8 @@ async def orders(
         OrderFilter | None, Query(description="Orders whose latest status is this.")
     ] = None,
 ) -> OrdersResponse:
-    state = await ctx.reader.require_engine()
-    snaps = await ctx.reader.snapshots(state.markets)
-    expected = sum(s.open_orders for s in snaps.values())
+    _, read = await ctx.state.require_engine()
+    expected = sum(s.open_orders for s in read.snapshots.values())
     found = await ctx.reader.orders(status, limit, expected)
     fills = await ctx.reader.fills(limit)
     return OrdersResponse(
@@ -149,7 +160,7 @@ async def orders(
 async def why(
     ctx: Ctx, symbol: Annotated[str, Query(min_length=1, examples=["SEI/USDC"])]
 ) -> WhyResponse:
-    state = await ctx.reader.require_engine()
+    state, read = await ctx.state.require_engine()
     if symbol not in state.markets:
         raise ApiError(
             400,
@@ -157,7 +168,7 @@ async def why(
             f"Symbol {symbol!r} not supported",
             {"supported_symbols": state.markets},
         )
-    snap = (await ctx.reader.snapshots([symbol])).get(symbol)
+    snap = read.snapshots.get(symbol)
     if snap is None:
         raise ApiError(
             503,

@@ -6,27 +6,45 @@ browser can read (a refused handshake is only an opaque HTTP 403 to it).
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
+import redis.exceptions
 from fastapi import WebSocket
 
 from flashmm.api._auth import Principal
 from flashmm.api._context import ApiContext, client_address
-from flashmm.api._errors import ApiError
+from flashmm.api._errors import (
+    CLOSE_INTERNAL_ERROR,
+    REDIS_UNAVAILABLE,
+    ApiError,
+    close_websocket,
+)
 
-__all__ = ["CLOSE_FORBIDDEN", "CLOSE_UNAUTHORIZED", "admit", "close_with"]
+__all__ = [
+    "CLOSE_FORBIDDEN",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_UNAUTHORIZED",
+    "admit",
+    "close_with",
+    "failure_reason",
+]
+
+log = logging.getLogger("flashmm.api")
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_POLICY = 1008
-CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
-_MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+
+close_with = close_websocket
 
 
-async def close_with(websocket: WebSocket, code: int, reason: str) -> None:
-    reason_bytes = reason.encode()[:_MAX_REASON_BYTES]
-    await websocket.close(code=code, reason=reason_bytes.decode(errors="ignore"))
+def failure_reason(exc: BaseException) -> str:
+    """The close reason of a session that failed with ``exc``."""
+    if isinstance(exc, redis.exceptions.RedisError):
+        return f"REDIS_UNAVAILABLE: {REDIS_UNAVAILABLE}"
+    return f"server error: {type(exc).__name__}; reconnect"
 
 
 def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
@@ -56,7 +74,12 @@ async def admit(websocket: WebSocket, ctx: ApiContext) -> tuple[Principal, str] 
         )
         return None
     client = client_address(websocket)
-    slot = await ctx.ws_slots.acquire(client)
+    try:
+        slot = await ctx.ws_slots.acquire(client)
+    except redis.exceptions.RedisError as exc:
+        log.warning("WebSocket refused, Redis does not answer: %r", exc)
+        await close_with(websocket, CLOSE_INTERNAL_ERROR, failure_reason(exc))
+        return None
     if slot is None:
         await close_with(
             websocket,
