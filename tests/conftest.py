@@ -17,6 +17,7 @@ from flashmm.state.valkey import EmbeddedValkey
 from flashmm.venue.sim.config import (
     AccountConfig,
     AssetConfig,
+    FeeConfig,
     FeedConfig,
     MarketConfig,
     RateLimitConfig,
@@ -71,6 +72,32 @@ async def sim() -> AsyncIterator[SimServer]:
     """The simulator with no market flow: the book moves only when a test trades."""
     async with SimServer(sim_config(), run_flows=False) as server:
         yield server
+
+
+@pytest.fixture
+async def venue() -> AsyncIterator[SimServer]:
+    """A quiet simulator that sends a book snapshot every 0.5 s (so a calm book is not stale),
+    pays makers a 1 bp rebate and charges takers 5 bp: the engine's end-to-end venue."""
+    config = sim_config(
+        feed=FeedConfig(snapshot_interval_s=0.5),
+        fees=FeeConfig(maker_bps=-1.0, taker_bps=5.0),
+    )
+    async with SimServer(config, run_flows=False) as server:
+        yield server
+
+
+@pytest.fixture
+async def other(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The other account on ``venue``: it seeds books and takes the engine's quotes."""
+    async with account_client(venue, OTHER_KEY) as client:
+        yield client
+
+
+@pytest.fixture
+async def demo(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The engine's account on ``venue``."""
+    async with account_client(venue, DEMO_KEY) as client:
+        yield client
 
 
 class WsClient(WSListener):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -36,6 +35,7 @@ from flashmm.api._auth import TokenVerifier
 from flashmm.api._errors import ApiError
 from flashmm.api._ratelimit import RateLimiter, lease_size
 from flashmm.config import RateLimitSection
+from flashmm.state.valkey import free_port
 
 StartApi = Callable[..., Awaitable[Api]]
 SECOND = 1_000_000_000
@@ -113,16 +113,10 @@ async def test_the_heartbeat_ages_between_refreshes(
     assert late.json()["error"]["details"]["heartbeat_age_s"] > 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_without_redis_requests_are_503_and_websockets_close_1011(
     start_api: StartApi,
 ) -> None:
-    api = await start_api(f"redis://127.0.0.1:{_free_port()}/0")  # nobody listens there
+    api = await start_api(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
     status = await get(api, "/trading/status")
     assert status.status_code == 503
     assert status.json()["error"]["code"] == "REDIS_UNAVAILABLE"

@@ -24,13 +24,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from api_support import SECRET, auth, running_api, token
-from conftest import DEMO_KEY, OTHER_KEY, account_client, sim_config
 from flashmm.engine.engine import Engine
 from flashmm.engine.journal import Journal
 from flashmm.engine.records import Side
 from flashmm.engine.risk import RiskState
 from flashmm.state.valkey import EmbeddedValkey
-from flashmm.venue.sim.config import FeeConfig, FeedConfig
 from flashmm.venue.sim.server import SimServer
 from test_engine import (
     MARKET,
@@ -50,29 +48,6 @@ HTTP_TIMEOUT_S = 5.0
 """A sidecar request that takes longer than this counts as hanging."""
 MICRO = Decimal("0.000001")
 CONFIRM = {"confirmation": "EMERGENCY_STOP_CONFIRMED"}
-
-
-@pytest.fixture
-async def venue() -> AsyncIterator[SimServer]:
-    """A quiet simulator (book snapshots every 0.5 s) paying makers a 1 bp rebate."""
-    config = sim_config(
-        feed=FeedConfig(snapshot_interval_s=0.5),
-        fees=FeeConfig(maker_bps=-1.0, taker_bps=5.0),
-    )
-    async with SimServer(config, run_flows=False) as server:
-        yield server
-
-
-@pytest.fixture
-async def other(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, OTHER_KEY) as client:
-        yield client
-
-
-@pytest.fixture
-async def demo(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, DEMO_KEY) as client:
-        yield client
 
 
 class System(msgspec.Struct):

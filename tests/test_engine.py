@@ -21,43 +21,18 @@ import httpx
 import msgspec
 import pytest
 
-from conftest import DEMO_ADDRESS, DEMO_KEY, OTHER_KEY, account_client, order, sim_config
+from conftest import DEMO_ADDRESS, DEMO_KEY, order
 from flashmm.config import EngineConfig
 from flashmm.engine.engine import Engine
 from flashmm.engine.journal import Journal
 from flashmm.engine.records import OrderState, Side
 from flashmm.engine.risk import RiskState
-from flashmm.venue.sim.config import FeeConfig, FeedConfig
 from flashmm.venue.sim.faults import parse_fault
 from flashmm.venue.sim.server import SimServer
 
 MARKET = "SEI/USDC"
 TICK = Decimal("0.0001")
 MICRO = Decimal("0.000001")
-
-
-@pytest.fixture
-async def venue() -> AsyncIterator[SimServer]:
-    """A quiet simulator that sends a book snapshot every 0.5 s (so a calm book is not stale),
-    pays makers a 1 bp rebate and charges takers 5 bp."""
-    config = sim_config(
-        feed=FeedConfig(snapshot_interval_s=0.5),
-        fees=FeeConfig(maker_bps=-1.0, taker_bps=5.0),
-    )
-    async with SimServer(config, run_flows=False) as server:
-        yield server
-
-
-@pytest.fixture
-async def other(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, OTHER_KEY) as client:
-        yield client
-
-
-@pytest.fixture
-async def demo(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, DEMO_KEY) as client:
-        yield client
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

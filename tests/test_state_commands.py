@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import redis
 
-from conftest import DEMO_KEY, OTHER_KEY, account_client, sim_config
+from conftest import sim_config
 from flashmm.config import EngineConfig
 from flashmm.engine.engine import Engine
 from flashmm.engine.risk import RiskState
@@ -39,18 +39,6 @@ async def venue() -> AsyncIterator[SimServer]:
         sim_config(feed=FeedConfig(snapshot_interval_s=0.5)), run_flows=False
     ) as s:
         yield s
-
-
-@pytest.fixture
-async def other(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, OTHER_KEY) as client:
-        yield client
-
-
-@pytest.fixture
-async def demo(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, DEMO_KEY) as client:
-        yield client
 
 
 @pytest.fixture

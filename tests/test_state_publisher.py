@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from conftest import OTHER_KEY, account_client, sim_config
+from conftest import sim_config
 from flashmm.config import EngineConfig, StateSection
 from flashmm.engine.engine import Engine
 from flashmm.engine.journal import Journal
@@ -431,12 +431,6 @@ async def venue() -> AsyncIterator[SimServer]:
         sim_config(feed=FeedConfig(snapshot_interval_s=0.5)), run_flows=False
     ) as s:
         yield s
-
-
-@pytest.fixture
-async def other(venue: SimServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with account_client(venue, OTHER_KEY) as client:
-        yield client
 
 
 def published_state(url: str) -> EngineState | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -37,6 +37,13 @@ app.add_typer(data_commands.app, name="data")
 @app.callback()
 def _root() -> None:
     """FlashMM: a predictive market maker for central-limit order books."""
+
+
+def _config_option(help: str) -> Any:
+    """``--config``: the one settings file of engine, sidecar and token (or FLASHMM_CONFIG)."""
+    return typer.Option(
+        "--config", "-c", exists=True, dir_okay=False, envvar="FLASHMM_CONFIG", help=help
+    )
 
 
 @app.command()
@@ -206,14 +213,7 @@ def sim(
 def run(
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            exists=True,
-            dir_okay=False,
-            envvar="FLASHMM_CONFIG",
-            help="Engine TOML file over the defaults (FLASHMM_* variables override both).",
-        ),
+        _config_option("Engine TOML file over the defaults (FLASHMM_* variables override both)."),
     ] = None,
     ready_file: Annotated[
         Path | None,
@@ -338,14 +338,7 @@ def demo(
 def api(
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            exists=True,
-            dir_okay=False,
-            envvar="FLASHMM_CONFIG",
-            help="The engine's TOML file: the sidecar reads its [api] and [state] sections.",
-        ),
+        _config_option("The engine's TOML file: the sidecar reads its [api] and [state] sections."),
     ] = None,
     ready_file: Annotated[
         Path | None,
@@ -401,13 +394,8 @@ def token(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            exists=True,
-            dir_okay=False,
-            envvar="FLASHMM_CONFIG",
-            help="The engine's TOML file (the secret is best kept in FLASHMM_API__JWT_SECRET).",
+        _config_option(
+            "The engine's TOML file (the secret is best kept in FLASHMM_API__JWT_SECRET)."
         ),
     ] = None,
 ) -> None:
