@@ -54,6 +54,30 @@ def test_levels_read_in_place_from_the_json_string_token(
     assert out[:k].tolist() == parse(text).tolist()
 
 
+_digits = st.from_regex(r"[0-9]{0,12}\.?[0-9]{0,12}|[0-9]{1,3}\.[0-9]\.[0-9]|1e5", fullmatch=True)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_digits, _digits), min_size=1, max_size=8))
+def test_compact_level_tokens_read_as_the_general_parser_does(
+    levels: list[tuple[str, str]],
+) -> None:
+    """The compact form venues send has a fast loop of its own: digit runs of every
+    length (over the exact 15-digit limit too), "5." and ".5", and what is not a plain
+    decimal (no digits, two points, exponents, a zero price) all come out as the
+    general parser reads the decoded text, or as -1 where it refuses it."""
+    text = "[" + ",".join(f'["{p}","{s}"]' for p, s in levels) + "]"
+    raw = msgspec.Raw(msgspec.json.encode(text))
+    out = np.zeros((max_levels(text), 2))
+    try:
+        want = parse(text).tolist()
+    except LevelsFormatError:
+        assert parse_levels_json(raw, out) == -1
+    else:
+        k = parse_levels_json(raw, out)
+        assert out[:k].tolist() == want
+
+
 @pytest.mark.parametrize(
     "token",
     [
