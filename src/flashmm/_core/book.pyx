@@ -329,6 +329,28 @@ cdef int _set_level(Side* s, int64_t price, int64_t size) except -1:
     return 0
 
 
+cdef int _apply_ascending(Side* s, const int64_t* rows, Py_ssize_t lo, Py_ssize_t hi,
+                          Py_ssize_t* where) except -1:
+    """Apply rows ``[lo, hi)``, whose keys strictly increase, best first.
+
+    Their prices are distinct, so any order sets the same sizes; going from ``hi - 1``
+    down lets every row be located before any is applied, as for a best-first run.
+    """
+    cdef Py_ssize_t r
+    while hi > lo:
+        if s.m == 0:
+            hi -= 1
+            _set_level(s, rows[2 * hi], rows[2 * hi + 1])
+            continue
+        for r in range(hi - 1, lo - 1, -1):
+            where[2 * r + 1] = _find_level(s, s.sign * rows[2 * r], &where[2 * r])
+        while hi > lo:
+            hi -= 1
+            if _set_at(s, s.sign * rows[2 * hi], rows[2 * hi + 1], where[2 * hi], where[2 * hi + 1]):
+                break
+    return 0
+
+
 cdef int _set_levels(Side* s, const int64_t* rows, Py_ssize_t n, Py_ssize_t* where) except -1:
     """Apply ``n`` (ticks, lots) rows in order, like ``_set_level`` on each.
 
@@ -336,7 +358,9 @@ cdef int _set_levels(Side* s, const int64_t* rows, Py_ssize_t n, Py_ssize_t* whe
     send it) is located first, then applied: the searches do not wait on each other,
     and the locations stay right while the run is applied, since each row only moves
     levels at or above the next one's, until a chunk splits, merges or goes, after
-    which the rest of the run is located again. ``where`` holds ``2 * n`` entries.
+    which the rest of the run is located again. A run whose keys strictly increase (a
+    side listed worst first) is applied from its end, which is the same thing.
+    ``where`` holds ``2 * n`` entries.
     """
     cdef Py_ssize_t k = 0, end
     cdef int64_t key, prev
@@ -345,8 +369,15 @@ cdef int _set_levels(Side* s, const int64_t* rows, Py_ssize_t n, Py_ssize_t* whe
             _set_level(s, rows[2 * k], rows[2 * k + 1])
             k += 1
             continue
-        end = k
         prev = s.sign * rows[2 * k]
+        if k + 1 < n and s.sign * rows[2 * k + 2] > prev:
+            end = k + 1
+            while end < n and s.sign * rows[2 * end] > s.sign * rows[2 * end - 2]:
+                end += 1
+            _apply_ascending(s, rows, k, end, where)
+            k = end
+            continue
+        end = k
         while end < n:
             key = s.sign * rows[2 * end]
             if key > prev:
