@@ -19,6 +19,7 @@ _NUMPY = {
 extensions = [
     Extension("flashmm._core.book", ["src/flashmm/_core/book.pyx"], **_NUMPY),
     Extension("flashmm._core.wire", ["src/flashmm/_core/wire.pyx"], **_NUMPY),
+    Extension("flashmm._core.tickcall", ["src/flashmm/_core/tickcall.pyx"], **_NUMPY),
 ]
 
 setup(
