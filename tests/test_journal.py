@@ -17,6 +17,7 @@ import pytest
 
 import flashmm
 from flashmm.engine.journal import (
+    ORDER_LOG_SUFFIX,
     Journal,
     JournalError,
     JournalRecordError,
@@ -414,3 +415,132 @@ def test_batch_commits_once_and_a_failure_rolls_all_of_it_back(tmp_path: Path) -
     assert set(state.orders) == {"b1", "b2", "b3"}
     assert state.stream_seq == 7
     assert [f.trade_id for f in state.fills] == ["t1"]
+
+
+# ------------------------------------------------------------------ the order log
+
+# A process that journals one decision's orders in a batch, as the engine does right before
+# sending them, and dies at once (no close, no flush): what SIGKILL leaves behind.
+_CRASH_AFTER_BATCH = """
+import os, sys
+from flashmm.engine.journal import Journal
+from flashmm.engine.records import Order, OrderState, Side
+journal = Journal(sys.argv[1])
+journal.record_order(Order(client_order_id="old", market_id="SEI/USDC", side=Side.BUY,
+    price_ticks=3999, size_lots=10, state=OrderState.OPEN, order_id="v-0",
+    created_ns=1, updated_ns=1), seq=5)
+with journal.batch():
+    for coid, side, price in (("bid", Side.BUY, 4000), ("ask", Side.SELL, 4010)):
+        journal.record_order(Order(client_order_id=coid, market_id="SEI/USDC", side=side,
+            price_ticks=price, size_lots=10, created_ns=2, updated_ns=2))
+    journal.record_order(Order(client_order_id="old", market_id="SEI/USDC", side=Side.BUY,
+        price_ticks=3999, size_lots=10, state=OrderState.PENDING_CANCEL, order_id="v-0",
+        created_ns=1, updated_ns=2, reason="replaced", own_cancel=True))
+assert journal.unflushed == 3
+os._exit(0)
+"""
+
+
+def _crash_after_batch(path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _CRASH_AFTER_BATCH, str(path)], check=True)
+
+
+def _log_of(path: Path) -> Path:
+    return Path(str(path) + ORDER_LOG_SUFFIX)
+
+
+def test_a_batch_is_one_log_frame_that_survives_the_process(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    _crash_after_batch(path)
+    assert _log_of(path).stat().st_size > 0  # the batch is in the order log ...
+    state = _load(path, now_ns=3)  # ... and a restart takes it into the database
+    assert state.orders["bid"].state is OrderState.PENDING_NEW
+    assert state.orders["ask"].side is Side.SELL and state.orders["ask"].price_ticks == 4010
+    old = state.orders["old"]
+    assert (old.state, old.reason, old.own_cancel) == (OrderState.PENDING_CANCEL, "replaced", True)
+    assert state.stream_seq == 5
+    assert _log_of(path).stat().st_size == 0  # emptied once the database holds it
+
+
+def test_flush_moves_the_log_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        with journal.batch():
+            journal.record_order(_order("b1"))
+            journal.record_order(_order("b2"))
+        assert journal.unflushed == 2
+        assert _log_of(path).stat().st_size > 0
+        journal.flush()
+        assert journal.unflushed == 0
+        assert _log_of(path).stat().st_size == 0
+        assert set(journal.load().orders) == {"b1", "b2"}
+
+
+def test_a_later_write_never_loses_to_an_older_logged_record(tmp_path: Path) -> None:
+    """A fill journaled while the order's new state is still only in the log: the log goes
+    to the database first, so the fill's newer order state is the one that stays."""
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        with journal.batch():
+            journal.record_order(_order("c1"))  # pending-new, in the log
+        filled = _order("c1", state=OrderState.FILLED, order_id="v-1", filled_lots=10)
+        assert journal.record_fill(_fill(size_lots=10), filled, seq=3)
+        assert journal.unflushed == 0
+    state = _load(path, now_ns=2 * S)
+    assert state.orders["c1"].state is OrderState.FILLED
+    assert state.stream_seq == 3
+
+
+def test_a_log_replayed_twice_leaves_the_database_as_it_is(tmp_path: Path) -> None:
+    """A crash between copying the log into the database and emptying it: the next start
+    replays records the database already has, which changes nothing."""
+    path = tmp_path / "journal.db"
+    _crash_after_batch(path)
+    left_behind = _log_of(path).read_bytes()
+    first = _load(path, now_ns=3)
+    _log_of(path).write_bytes(left_behind)
+    second = _load(path, now_ns=3)
+    assert second.orders == first.orders
+    assert second.session == first.session + 1
+
+
+def test_a_torn_last_frame_is_ignored_and_the_whole_ones_are_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "journal.db"
+    _crash_after_batch(path)
+    whole = _log_of(path).read_bytes()
+    # a second frame cut short, as an OS crash in the middle of its write leaves it
+    _log_of(path).write_bytes(whole + whole[: len(whole) // 2])
+    with caplog.at_level("WARNING", logger="flashmm.journal"):
+        state = _load(path, now_ns=3)
+    assert {"bid", "ask"} <= set(state.orders)
+    assert f"last {len(whole) // 2} bytes of its order log are incomplete" in caplog.text
+    # a frame whose bytes changed fails its check and ends the log the same way
+    _crash_after_batch(tmp_path / "other.db")
+    damaged = bytearray(_log_of(tmp_path / "other.db").read_bytes())
+    damaged[-1] ^= 0xFF
+    _log_of(tmp_path / "other.db").write_bytes(bytes(damaged))
+    assert set(_load(tmp_path / "other.db", now_ns=3).orders) == {"old"}
+
+
+def test_a_failed_or_refused_batch_leaves_no_trace_in_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+
+    def decision(*orders: Order, fail: bool = False) -> None:
+        with journal.batch():
+            for order in orders:
+                journal.record_order(order)
+            if fail:
+                raise RuntimeError("decision failed")
+
+    with Journal(path) as journal:
+        with pytest.raises(RuntimeError, match="decision failed"):
+            decision(_order("lost"), fail=True)
+        with pytest.raises(JournalRecordError, match="side must be 1 or -1"):
+            decision(_order("fine"), _order("bad", side=0))
+        with pytest.raises(JournalRecordError, match="int64"):
+            decision(_order("huge", price_ticks=2**63))
+        assert journal.unflushed == 0
+        assert _log_of(path).stat().st_size == 0
+        assert journal.load().orders == {}

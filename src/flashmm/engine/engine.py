@@ -31,7 +31,7 @@ from flashmm._core.book import OrderBook
 from flashmm._core.model import Model
 from flashmm._core.quoting import QO_ASK, QO_ASK_SIZE, QO_BID, QO_BID_SIZE
 from flashmm.config import EngineConfig
-from flashmm.engine.journal import Journal, RiskRecord
+from flashmm.engine.journal import Journal, JournalError, RiskRecord
 from flashmm.engine.orders import MarketSpec, OrderManager
 from flashmm.engine.pipeline import MAX_OWN_ORDERS, MarketPipeline
 from flashmm.engine.portfolio import Portfolio, PortfolioMarket
@@ -133,6 +133,7 @@ class Engine:
         self._stopping = False
         self._emergency: asyncio.Task[EmergencyStopReport] | None = None
         self._sent_stamps: dict[str, tuple[int, int]] = {}  # client id -> (received, decided)
+        self._flush_scheduled = False
         self._last_stream_connects = 0
         self._last_feed_connects = 0
         self._base_balances: dict[str, Decimal] = {}  # base held apart from the engine's fills
@@ -440,8 +441,22 @@ class Engine:
         if not m.live or not self.ready:
             return
         self.portfolio.mark(m.spec.market_id, mid, now_ns)
-        with self.journal.batch():  # one commit for the decision's orders, before any is sent
+        journal = self.journal
+        with journal.batch():  # one write for the decision's orders, before any is sent
             self._quote(m, pipe.quote, now_ns)
+        if journal.unflushed and not self._flush_scheduled:
+            # into the database once the orders are out: the loop runs this after the
+            # first step of each send, which is the write to the venue
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_journal)
+
+    def _flush_journal(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.journal.flush()
+        except JournalError as exc:
+            # the records are safe in the order log; the next write tries again
+            self._alert(f"journal: {exc}")
 
     def _quote(self, m: _Market, q: np.ndarray, now_ns: int) -> None:
         bid, ask = int(q[QO_BID]), int(q[QO_ASK])

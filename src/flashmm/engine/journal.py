@@ -10,16 +10,27 @@ last few transactions, which the engine recovers by reconciling with the venue. 
 one transaction of a few statements and costs tens of µs, cheap enough for the event-loop
 thread between ticks.
 
+The orders of one decision, written in a :meth:`Journal.batch` just before they are sent,
+take a shorter way: the batch is one appended frame in the order log next to the database
+(``<journal>-orderlog``: one ``write``, as durable as a WAL commit), and :meth:`Journal.flush`
+copies the log into the database after the orders are on their way. Every other write, and
+opening the journal, flushes the log first, so the database never holds a record newer than
+one in the log. SQLite's statements take some 0.3 ms on a machine that idled since the last
+decision; one ``write`` takes a tenth of that.
+
 The file is opened in exclusive locking mode: while an engine has it open, no other process
 can open it, so two engines can never interleave their records in one journal.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -33,11 +44,21 @@ from flashmm.engine.records import TERMINAL_STATES, Fill, Order, OrderState, Sid
 
 __all__ = ["Journal", "JournalError", "JournalRecordError", "JournalState", "RiskRecord"]
 
+log = logging.getLogger("flashmm.journal")
+
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the files this code writes."""
 APPLICATION_ID = 0x464C4D4A  # "FLMJ": tells a FlashMM journal from any other SQLite file
 MIN_SQLITE = (3, 37, 0)  # STRICT tables
 MEMORY = ":memory:"
+ORDER_LOG_SUFFIX = "-orderlog"
+"""The order log is the journal's path with this appended."""
+
+# An order-log frame: payload length and CRC-32, then the payload (MessagePack: a list of
+# order rows). A frame cut short or failing its CRC ends the log (an OS crash mid-write).
+_FRAME = struct.Struct("<II")
+_encode_rows = msgspec.msgpack.Encoder().encode
+_decode_rows = msgspec.msgpack.Decoder(list[tuple[Any, ...]]).decode
 
 _SCHEMA = (
     """CREATE TABLE progress (
@@ -211,6 +232,14 @@ class Journal:
         self._name = text
         self._closed = False
         self._in_batch = False
+        # A batch of plain order records is kept here and appended to the order log as one
+        # frame when it ends; None while no such batch is open (or it has turned into a
+        # database transaction: see ``_write_through``).
+        self._batch_rows: list[tuple[object, ...]] | None = None
+        # Rows in the order log that the database does not have yet.
+        self._logged: list[tuple[object, ...]] = []
+        self._log_fd: int | None = None
+        self._log_path = None if self.path is None else Path(text + ORDER_LOG_SUFFIX)
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +255,8 @@ class Journal:
             raise self._error("cannot open it", exc) from exc
         try:
             self._open()
+            if self._log_path is not None:
+                self._log_fd = self._open_log(self._log_path)
         except BaseException:
             self._closed = True
             self._conn.close()
@@ -245,6 +276,7 @@ class Journal:
             conn.execute(_SYNC_NORMAL)
             conn.execute(_BEGIN)
             self._check_or_create_schema()
+            self._replay_order_log()
             conn.execute(_NEXT_SESSION)
             conn.execute(_COMMIT)
         except sqlite3.Error as exc:
@@ -253,6 +285,44 @@ class Journal:
         except BaseException:
             self._rollback()
             raise
+
+    def _replay_order_log(self) -> None:
+        """Copy what a previous run left in the order log into the open transaction."""
+        if self._log_path is None:
+            return
+        try:
+            data = self._log_path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self._name}: cannot read its order log {self._log_path} ({exc}): "
+                "check its permissions"
+            ) from exc
+        rows, end = _read_frames(data)
+        if end < len(data):
+            log.warning(
+                "journal %s: the last %d bytes of its order log are incomplete (the machine "
+                "stopped while writing them) and are ignored; reconciliation with the venue "
+                "settles those orders",
+                self._name,
+                len(data) - end,
+            )
+        if rows:
+            self._conn.executemany(_UPSERT_ORDER, rows)
+            log.info(
+                "journal %s: %d order records recovered from its order log", self._name, len(rows)
+            )
+
+    def _open_log(self, path: Path) -> int:
+        """The order log, emptied (its records are in the database now), for appending."""
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self._name}: cannot open its order log {path} ({exc}): "
+                "check the folder's permissions"
+            ) from exc
 
     def _check_or_create_schema(self) -> None:
         conn = self._conn
@@ -291,6 +361,7 @@ class Journal:
         cutoff_ns = _INT64_MIN
         if math.isfinite(keep_terminal_s):
             cutoff_ns = min(max(now_ns - round(keep_terminal_s * 1e9), _INT64_MIN), _INT64_MAX)
+        self._write_through()
         conn = self._conn
         try:
             conn.execute(_BEGIN_READ)  # one snapshot across the four reads
@@ -322,6 +393,11 @@ class Journal:
     def record_order(self, order: Order, *, seq: int | None = None) -> None:
         """Journal the order's full current state; ``seq`` also advances the stream seq."""
         row = _order_row(order)
+        if seq is None and self._batch_rows is not None:
+            _check_order_row(row)
+            self._batch_rows.append(row)  # logged when the batch ends
+            return
+        self._write_through()
         conn = self._conn
         try:
             if seq is None or self._in_batch:
@@ -371,6 +447,7 @@ class Journal:
             fill.seq,
         )
         order_row = _order_row(order)
+        self._write_through()
         conn = self._conn
         # inside a batch a savepoint stands in for the transaction, so a duplicate undoes
         # only this fill
@@ -398,33 +475,122 @@ class Journal:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Every record inside is one transaction with one commit: several orders of one
-        decision cost one write to the log instead of one each. Nested batches join the
-        outer one; an exception rolls the whole batch back and propagates."""
+        """Every record inside is journaled at once when the batch ends: the orders of one
+        decision cost one write instead of one each. Nested batches join the outer one; an
+        exception drops the whole batch and propagates.
+
+        A batch of plain order records (``record_order`` without ``seq``) is one frame
+        appended to the order log; anything else inside makes it one database transaction.
+        """
         if self._in_batch:
             yield
             return
-        conn = self._conn
-        try:
-            conn.execute(_BEGIN)
-        except sqlite3.Error as exc:
-            raise self._error("cannot start a batch", exc) from exc
+        if self._closed:
+            raise self._error("cannot start a batch", sqlite3.ProgrammingError("closed"))
+        if self._log_fd is None:  # in memory: no order log
+            self._begin_transaction()
+        else:
+            self._batch_rows = []
         self._in_batch = True
         try:
             yield
         except BaseException:
             self._in_batch = False
+            self._batch_rows = None
             self._rollback()
             raise
         self._in_batch = False
+        rows, self._batch_rows = self._batch_rows, None
+        if rows is None:  # a database transaction
+            try:
+                self._conn.execute(_COMMIT)
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise self._error("batch not journaled", exc) from exc
+        elif rows:
+            self._append_frame(rows)
+
+    @property
+    def unflushed(self) -> int:
+        """Order records in the order log that the database does not have yet."""
+        return len(self._logged)
+
+    def flush(self) -> None:
+        """Copy the order log into the database and empty it (a no-op when it is empty, and
+        inside a batch, which flushes when it needs to)."""
+        if self._logged and not self._in_batch:
+            self._copy_log()
+
+    def _copy_log(self) -> None:
+        conn = self._conn
         try:
+            conn.execute(_BEGIN)
+            conn.executemany(_UPSERT_ORDER, self._logged)
             conn.execute(_COMMIT)
         except sqlite3.Error as exc:
             self._rollback()
+            raise self._error("order log not copied into the database", exc) from exc
+        self._logged.clear()
+        # Emptied only after the commit: a crash between the two replays rows the database
+        # already has, in the same order, which leaves it as it is.
+        try:
+            os.ftruncate(self._log_fd, 0)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self._name}: cannot empty its order log ({exc}): "
+                "check the disk and the file system"
+            ) from exc
+
+    def _append_frame(self, rows: list[tuple[object, ...]]) -> None:
+        """One frame of ``rows`` at the end of the order log, in one ``write``."""
+        try:
+            payload = _encode_rows(rows)
+        except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+            raise JournalRecordError(
+                f"batch not journaled: the journal refuses its values ({exc})"
+            ) from None
+        frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        try:
+            written = os.write(self._log_fd, frame)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self._name}: batch not journaled: cannot write its order log "
+                f"({exc}): check the disk and the file system"
+            ) from exc
+        if written != len(frame):
+            raise JournalError(
+                f"journal {self._name}: batch not journaled: the order log took {written} of "
+                f"{len(frame)} bytes: the disk is probably full"
+            )
+        self._logged += rows
+
+    def _write_through(self) -> None:
+        """Before a write to the database: flush the order log, and turn an open batch of
+        plain order records into a database transaction that starts with them."""
+        if self._closed:
+            return  # the statement that follows reports it
+        if self._logged:
+            self._copy_log()
+        rows = self._batch_rows
+        if rows is None:
+            return
+        self._batch_rows = None
+        self._begin_transaction()
+        try:
+            self._conn.executemany(_UPSERT_ORDER, rows)
+        except (sqlite3.Error, OverflowError) as exc:
+            self._rollback()
             raise self._error("batch not journaled", exc) from exc
+
+    def _begin_transaction(self) -> None:
+        try:
+            self._conn.execute(_BEGIN)
+        except sqlite3.Error as exc:
+            raise self._error("cannot start a batch", exc) from exc
 
     def record_stream_seq(self, seq: int) -> None:
         """Advance the stream seq past an event with no order or fill effect."""
+        self._write_through()
         try:
             self._conn.execute(_ADVANCE_SEQ, (seq,))
         except (sqlite3.Error, OverflowError) as exc:
@@ -433,6 +599,7 @@ class Journal:
     def record_risk(self, record: RiskRecord) -> None:
         """Journal a risk-state transition (every one is kept; :meth:`load` returns the last)."""
         row = (record.state, record.reason, record.ts_ns, record.until_ns)
+        self._write_through()
         try:
             self._conn.execute(_INSERT_RISK, row)
         except (sqlite3.Error, OverflowError) as exc:
@@ -450,11 +617,17 @@ class Journal:
         """Close the file (and release its lock); closing again does nothing."""
         if self._closed:
             return
-        self._closed = True
         try:
-            self._conn.close()
-        except sqlite3.Error as exc:
-            raise self._error("cannot close it", exc) from exc
+            self.flush()  # a clean stop leaves an empty order log
+        finally:
+            self._closed = True
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:
+                raise self._error("cannot close it", exc) from exc
 
     def __enter__(self) -> Journal:
         return self
@@ -539,4 +712,47 @@ def _fill_from_row(row: tuple[Any, ...]) -> Fill:
         liquidity=liquidity,
         ts_ns=ts_ns,
         seq=seq,
+    )
+
+
+def _read_frames(data: bytes) -> tuple[list[tuple[Any, ...]], int]:
+    """The rows of every whole frame at the start of ``data``, and where they end."""
+    rows: list[tuple[Any, ...]] = []
+    pos = 0
+    while pos + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, pos)
+        start = pos + _FRAME.size
+        payload = data[start : start + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        try:
+            rows += _decode_rows(payload)
+        except msgspec.DecodeError:
+            break
+        pos = start + length
+    return rows, pos
+
+
+_INT64 = range(_INT64_MIN, _INT64_MAX + 1)
+
+
+def _check_order_row(row: tuple[object, ...]) -> None:
+    """What SQLite's constraints would refuse, refused before the row reaches the log."""
+    (coid, market, side, price, size, state, order_id, filled, created, updated, reason, own) = row
+    if not all(isinstance(v, str) for v in (coid, market, state, reason)):
+        problem = "client_order_id, market_id, state and reason must be text"
+    elif order_id is not None and not isinstance(order_id, str):
+        problem = "order_id must be text or None"
+    elif side not in (1, -1) or isinstance(side, float):
+        problem = f"side must be 1 or -1 (CHECK), got {side!r}"
+    elif not all(
+        isinstance(v, int) and v in _INT64 for v in (price, size, filled, created, updated)
+    ):
+        problem = "prices, sizes and times must be integers in the int64 range"
+    elif own not in (True, False) or isinstance(own, float):
+        problem = f"own_cancel must be a bool, got {own!r}"
+    else:
+        return
+    raise JournalRecordError(
+        f"order {coid!r} not journaled: the journal refuses its values ({problem})"
     )
