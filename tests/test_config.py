@@ -63,6 +63,9 @@ quoting = { base_size_lots = 5 }
         ("[[markets]]\nmarket_id = 'A'\nquoting = { gamma = -1 }\n", {}, ["markets[A]", "gamma"]),
         ("model = 'missing.json'\n", {}, ["model", "missing.json"]),
         ("[risk\n", {}, ["not valid TOML"]),
+        ("[feed]\nstale_after_s = 0\n", {}, ["feed.stale_after_s"]),
+        ("[feed]\nping_interval_s = 1\npong_timeout_s = 3\n", {}, ["feed.pong_timeout_s"]),
+        ("[feed]\nbackoff_max_s = 0.01\n", {}, ["feed.backoff_max_s"]),
     ],
 )
 def test_bad_settings_name_the_key(

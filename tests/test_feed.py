@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from conftest import order
 from flashmm._core.book import OrderBook
@@ -282,6 +283,52 @@ async def test_all_urls_dead_halts_every_market_and_alerts(sim) -> None:
         assert feed.counters["connect_failures"] == 3
 
 
+class _QuietVenue(WSListener):
+    """A market-data socket that acks subscriptions, then sends nothing, and answers the
+    feed's pings only if told to (automatic pongs are off on its server)."""
+
+    def __init__(self, answers_pings: bool, pings: list[int]) -> None:
+        self.answers_pings = answers_pings
+        self.pings = pings
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.PING:
+            self.pings.append(1)
+            if self.answers_pings:
+                transport.send(WSMsgType.PONG, frame.get_payload_as_bytes())
+        elif frame.msg_type == WSMsgType.TEXT:
+            request_id = msgspec.json.decode(frame.get_payload_as_bytes())["id"]
+            ack = {"jsonrpc": "2.0", "id": request_id, "result": {}}
+            transport.send(WSMsgType.TEXT, msgspec.json.encode(ack))
+
+
+@pytest.mark.parametrize("answers_pings", [True, False], ids=["pongs", "no-pongs"])
+async def test_a_connection_whose_pings_go_unanswered_is_dropped(sim, answers_pings) -> None:
+    pings: list[int] = []
+
+    def factory(request: WSUpgradeRequest) -> WSListener:
+        return _QuietVenue(answers_pings, pings)
+
+    server = await ws_create_server(factory, "127.0.0.1", 0, enable_auto_pong=False)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/websocket"
+    config = settings(sim, urls=[url], ping_interval_s=0.1, pong_timeout_s=0.1)
+    try:
+        async with running(config) as (feed, rec):
+            if answers_pings:
+                async with asyncio.timeout(WAIT_S):  # several pings, each answered
+                    while len(pings) < 5:
+                        await asyncio.sleep(0.01)
+                assert feed.counters["disconnects"] == 0
+                assert feed.connected_url == url
+            else:
+                await rec.wait_state(FeedState.PULLED, "disconnected")
+                assert feed.counters["disconnects"] >= 1
+                assert pings  # the feed asked, and dropped the connection for the silence
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_start_twice_is_refused(sim) -> None:
     async with running(settings(sim)) as (feed, _):
         with pytest.raises(FeedError, match="already started"):
@@ -298,6 +345,7 @@ async def test_start_twice_is_refused(sim) -> None:
         ({"urls": ["http://127.0.0.1:1/websocket"]}, "ws://"),
         ({"rest_url": "127.0.0.1:1"}, "rest_url"),
         ({"markets": [SEI, SEI]}, "listed twice"),
+        ({"ping_interval_s": 1.0, "pong_timeout_s": 2.0}, "pong_timeout_s .* <= ping_interval_s"),
         ({"markets": [FeedMarket("X/Y", 0.0, 1.0)]}, "tick_size"),
         ({"stale_after_s": 0.0}, "stale_after_s"),
         ({"backoff_max_s": 0.001}, "backoff_max_s"),

@@ -272,6 +272,23 @@ def _check(config: EngineConfig, where: str) -> None:
             raise ConfigError(f"{where}: engine.{name} must be > 0")
     if not 0 <= e.metrics_port <= 65535:
         raise ConfigError(f"{where}: engine.metrics_port must be within 0..65535")
+    f = config.feed
+    for name in (
+        "ping_interval_s",
+        "pong_timeout_s",
+        "stale_after_s",
+        "backoff_initial_s",
+        "connect_timeout_s",
+        "snapshot_timeout_s",
+    ):
+        if not getattr(f, name) > 0:
+            raise ConfigError(f"{where}: feed.{name} must be > 0")
+    if not f.pong_timeout_s <= f.ping_interval_s:
+        raise ConfigError(f"{where}: feed.pong_timeout_s must be <= feed.ping_interval_s")
+    if not f.backoff_max_s >= f.backoff_initial_s:
+        raise ConfigError(f"{where}: feed.backoff_max_s must be >= feed.backoff_initial_s")
+    if f.max_attempts < 1:
+        raise ConfigError(f"{where}: feed.max_attempts must be >= 1")
     st = config.state
     if not st.flush_hz > 0:
         raise ConfigError(f"{where}: state.flush_hz must be > 0")

@@ -175,6 +175,13 @@ class FeedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             value = getattr(self, name)
             if not value > 0:
                 raise FeedConfigError(f"{name} must be > 0, got {value!r}")
+        if not self.pong_timeout_s <= self.ping_interval_s:
+            # the WebSocket client judges one ping at a time: its answer is due before
+            # the next one
+            raise FeedConfigError(
+                f"pong_timeout_s ({self.pong_timeout_s}) must be <= ping_interval_s "
+                f"({self.ping_interval_s})"
+            )
         if not self.backoff_max_s >= self.backoff_initial_s:
             raise FeedConfigError(
                 f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s "
