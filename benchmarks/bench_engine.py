@@ -4,8 +4,10 @@
   process, the engine as ``flashmm run`` in a subprocess. A trial moves the top of the book
   from another account (an inside bid placed, then cancelled), so the engine's quote
   changes; t0 is stamped when the simulator has written that ``OrderBookUpdate`` frame to
-  the engine's socket, t1 when the engine's next order reaches the simulator's matching
-  engine. Both stamps are taken in this process, so no clocks are compared across processes.
+  the engine's socket, t1 when the first bytes of the engine's next new order are read by
+  the simulator (and, reported beside it, when the simulator's HTTP server has parsed it
+  and handed it to the matching engine). All stamps are taken in this process, so no
+  clocks are compared across processes.
   Two market conditions are measured side by side, in alternating blocks: a busy market
   (the top moves every 2-4 ms) and a quiet one (every 20-50 ms, the engine idle between).
 - emergency stop -> zero open orders: the engine runs in this process's loop with 20
@@ -37,6 +39,7 @@ import msgspec
 import numpy as np
 import pytest
 import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from flashmm._core.quoting import QuoteParams
 from flashmm.config import (
@@ -68,6 +71,7 @@ TICK_SIZE = Decimal("0.0001")
 DEMO_KEY = "demo-key"
 OTHER_KEY = "other-key"
 DEMO_ADDRESS = "sei1demo"
+_DEMO_KEY_HEADER = f"X-API-Key: {DEMO_KEY}".encode()  # as the engine's gateway sends it
 
 # The other account's book, ticks of 0.0001. The engine quotes at least MIN_SPREAD_TICKS
 # wide, so its quotes sit behind this book and never set the top: each trial's move of
@@ -220,14 +224,17 @@ def _all_resting(ids: AbstractSet[str], listed: list[dict[str, Any]]) -> bool:
 
 
 class _UpdateToOrder:
-    """Stamps the book update a trial causes (t0) and the next demo order to arrive (t1)."""
+    """Stamps the book update a trial causes (t0) and the next demo order to arrive: when
+    its request reaches the simulator's socket, and when it reaches the matching engine."""
 
     def __init__(self, sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
         self.armed = False
         self.sent_ns = 0
-        self.arrived: asyncio.Future[int] | None = None
+        self.received_ns = 0
+        self.arrived: asyncio.Future[tuple[int, int]] | None = None
         publish_book = sim.market_data.publish_book
         place_order = sim.exchange.place_order
+        data_received = HttpToolsProtocol.data_received
 
         def stamped_publish_book(market_id: str, *args: Any) -> None:
             publish_book(market_id, *args)
@@ -235,18 +242,31 @@ class _UpdateToOrder:
                 self.sent_ns = time.perf_counter_ns()  # the frame is in the engine's socket
                 self.armed = False
 
+        def stamped_data_received(protocol: HttpToolsProtocol, data: bytes) -> None:
+            # The first bytes of the engine's next new order, as the simulator reads them.
+            if (
+                self.sent_ns
+                and not self.received_ns
+                and data.startswith(b"POST /v1/orders HTTP/")
+                and _DEMO_KEY_HEADER in data
+            ):
+                self.received_ns = time.perf_counter_ns()
+            data_received(protocol, data)
+
         def stamped_place_order(account: Account, req: OrderRequest) -> str:
             arrived = self.arrived
             if account.name == "demo" and arrived is not None and not arrived.done():
-                arrived.set_result(time.perf_counter_ns())
+                arrived.set_result((self.received_ns, time.perf_counter_ns()))
             return place_order(account, req)
 
         monkeypatch.setattr(sim.market_data, "publish_book", stamped_publish_book)
+        monkeypatch.setattr(HttpToolsProtocol, "data_received", stamped_data_received)
         monkeypatch.setattr(sim.exchange, "place_order", stamped_place_order)
 
-    def move(self, action: Callable[[], T]) -> tuple[T, asyncio.Future[int]]:
-        """Run ``action`` (a change of the top of book); the future gets t1 once it comes."""
-        self.sent_ns = 0
+    def move(self, action: Callable[[], T]) -> tuple[T, asyncio.Future[tuple[int, int]]]:
+        """Run ``action`` (a change of the top of book); the future gets the order's two
+        arrival stamps once it comes."""
+        self.sent_ns = self.received_ns = 0
         arrived = self.arrived = asyncio.get_running_loop().create_future()
         self.armed = True
         try:
@@ -259,12 +279,12 @@ class _UpdateToOrder:
 
 async def _trials(
     sim: SimServer, probe: _UpdateToOrder, n: int, spacing_s: tuple[float, float], seed: int = 0
-) -> tuple[list[int], int]:
+) -> tuple[list[tuple[int, int]], int]:
     """``n`` moves of the top of book, ``spacing_s`` apart (a uniform range); returns the
-    latencies (ns) and the missed count."""
+    latencies (ns: to the simulator's socket, to its matching engine) and the missed count."""
     other = _account(sim, OTHER_KEY)
     rng = random.Random(seed)  # spacing varies so trials do not lock onto the engine's timers
-    latencies: list[int] = []
+    latencies: list[tuple[int, int]] = []
     missed = 0
     inside_id: str | None = None
     for _ in range(n):
@@ -275,8 +295,9 @@ async def _trials(
             _, arrived = probe.move(partial(sim.exchange.cancel_order, other, inside_id))
             inside_id = None
         try:
-            t1 = await asyncio.wait_for(arrived, ORDER_WAIT_S)
-            latencies.append(t1 - probe.sent_ns)
+            received, matched = await asyncio.wait_for(arrived, ORDER_WAIT_S)
+            assert received, "the order reached the matching engine unseen by the socket stamp"
+            latencies.append((received - probe.sent_ns, matched - probe.sent_ns))
         except TimeoutError:
             missed += 1
         await asyncio.sleep(rng.uniform(*spacing_s))
@@ -362,7 +383,7 @@ def test_book_update_to_order(benchmark, tmp_path: Path, monkeypatch: pytest.Mon
             probe = _UpdateToOrder(sim, monkeypatch)
             # connections, caches
             loop.run_until_complete(_trials(sim, probe, WARMUP_TRIALS, SPACING_S["busy"]))
-            result: dict[str, tuple[list[int], int]] = {c: ([], 0) for c in SPACING_S}
+            result: dict[str, tuple[list[tuple[int, int]], int]] = {c: ([], 0) for c in SPACING_S}
 
             def run() -> None:
                 for seed in range(trials // block):
@@ -381,16 +402,23 @@ def test_book_update_to_order(benchmark, tmp_path: Path, monkeypatch: pytest.Mon
     for condition, (latencies, missed) in result.items():
         done = len(latencies) + missed
         assert latencies, f"{condition}: no engine order arrived after any of {done} book updates"
-        stats = _percentiles_us(latencies)
-        benchmark.extra_info[condition] = {**stats, "trials": done, "missed": missed}
         low, high = (x * 1e3 for x in SPACING_S[condition])
         lines.append(
             f"{condition} market (top moves every {low:.0f}-{high:.0f} ms), {len(latencies)} of "
-            f"{done} trials ({missed} without an order in {ORDER_WAIT_S * 1e3:.0f} ms): "
-            + ", ".join(f"{k.removesuffix('_us')} {v:.0f} µs" for k, v in stats.items())
+            f"{done} trials ({missed} without an order in {ORDER_WAIT_S * 1e3:.0f} ms):"
         )
+        info: dict[str, Any] = {"trials": done, "missed": missed}
+        for k, where in enumerate(("at the simulator", "at its matching engine")):
+            stats = _percentiles_us([pair[k] for pair in latencies])
+            info[where] = stats
+            lines.append(
+                f"    {where:22s} "
+                + ", ".join(f"{name.removesuffix('_us')} {v:.0f} µs" for name, v in stats.items())
+            )
+        benchmark.extra_info[condition] = info
     print(
-        "\nbook update -> order at the venue\n  "
+        "\nbook update -> order (the request's first bytes read by the simulator; then handed "
+        "to its matching engine)\n  "
         + "\n  ".join(lines)
         + "\ninside the engine (its latest 1024 ticks, frame received -> ...): "
         + ", ".join(f"{k} {v * 1e3:.0f} µs" for k, v in inside.items())
