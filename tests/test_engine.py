@@ -360,6 +360,28 @@ async def test_drawdown_halts_cancels_and_stays_halted(
     assert risk is not None and risk.state == "halted"
 
 
+async def test_venue_rejects_pause_quoting_for_the_cooldown_then_it_resumes(
+    venue: SimServer, other: httpx.AsyncClient, demo: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    await seed(other)
+    risk = {"reject_min_orders": 4, "reject_rate_limit": 0.5, "cooldown_s": 1.0}
+    async with running(engine_config(venue, tmp_path / "j.sqlite3", risk=risk)) as engine:
+        await until(lambda: quotes(engine), "quotes")
+        inject(venue, "reject_orders", count=4)
+        engine.pause("requote")  # pull the quotes, so the next ones meet the rejecting venue
+        engine.resume("requote")
+        await until(lambda: engine.ladder.state is RiskState.PAUSED, "paused by rejects")
+        paused = engine.ladder.history[-1]
+        assert paused.reason.startswith("reject rate") and "paused 1 s" in paused.reason
+        assert engine.orders.counters["rejected"] >= 4
+        await until(lambda: not engine.orders.live_orders(), "quotes pulled")
+        assert await venue_open_orders(demo) == []
+        # the venue accepts orders again; after the cooldown the engine quotes by itself
+        await until(lambda: engine.ladder.state is RiskState.ACTIVE, "resumed", timeout=5)
+        await until(lambda: quotes(engine), "quotes after the cooldown")
+        assert len(await venue_open_orders(demo)) == 2
+
+
 async def test_pause_pulls_quotes_and_resume_restores_them(
     venue: SimServer, other: httpx.AsyncClient, demo: httpx.AsyncClient, tmp_path: Path
 ) -> None:
