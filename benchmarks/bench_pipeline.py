@@ -156,27 +156,44 @@ def test_decide_seam(benchmark, warmed_pipeline, seam: str, n_own: int) -> None:
 def test_full_path_frame_bytes_to_quote(benchmark, feed: str) -> None:
     """Every frame of a real-data replay: decode, book apply, features, model, quote."""
     data = load_feed(feed)
-    result: dict[str, float] = {}
+    runs: list[np.ndarray] = []
 
     def replay() -> None:
-        result.update(percentiles(frame_latencies(data)))
+        runs.append(frame_latencies(data))
 
-    benchmark.pedantic(replay, rounds=3, iterations=1)
-    benchmark.extra_info.update(result)
-    assert result["frames"] == len(data.frames)
+    benchmark.pedantic(replay, rounds=REPLAYS, iterations=1)
+    typical, best = replay_percentiles(np.array(runs))
+    benchmark.extra_info.update(replay_median=typical, per_frame_best=best)
+    assert typical["frames"] == len(data.frames)
+
+
+REPLAYS = 5
+
+
+def replay_percentiles(runs: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """``runs``: per-frame ns of several replays, one row each. Returns the percentiles
+    of the median replay (each percentile's median over the replays: one noisy replay
+    on a shared machine does not decide it) and those of each frame's best time (its
+    cost with the machine's noise taken out)."""
+    each = [percentiles(row) for row in runs]
+    typical = {k: float(np.median([p[k] for p in each])) for k in each[0]}
+    return typical, percentiles(runs.min(axis=0))
 
 
 def main() -> None:
     for feed in FEEDS:
         data = load_feed(feed)
         frame_latencies(data)  # one pass to settle caches and allocator
-        ns = frame_latencies(data)
+        runs = np.array([frame_latencies(data) for _ in range(REPLAYS)])
         # Most frames are trades, which never reach the decision: book frames on their own.
         book = np.array([b"OrderBookUpdate" in frame for _, frame in data.frames])
-        for label, stats in ((feed, percentiles(ns)), (f"{feed} book", percentiles(ns[book]))):
+        for label, rows in ((feed, runs), (f"{feed} book", runs[:, book])):
+            typical, best = replay_percentiles(rows)
             print(
-                f"{label}: {stats['frames']:.0f} frames  p50 {stats['p50_us']:.2f} µs  "
-                f"p99 {stats['p99_us']:.2f} µs  p99.9 {stats['p99.9_us']:.2f} µs"
+                f"{label}: {typical['frames']:.0f} frames, median of {REPLAYS} replays: "
+                f"p50 {typical['p50_us']:.2f} µs  p99 {typical['p99_us']:.2f} µs  "
+                f"p99.9 {typical['p99.9_us']:.2f} µs | each frame's best: "
+                f"p50 {best['p50_us']:.2f}  p99 {best['p99_us']:.2f}  p99.9 {best['p99.9_us']:.2f}"
             )
 
 
