@@ -24,6 +24,7 @@ from flashmm._core.quoting import QuoteParams
 from flashmm._toml import read_toml
 from flashmm.engine.orders import OrderSettings
 from flashmm.engine.risk import RiskSettings
+from flashmm.venue.feed import FeedConfigError, FeedMarket, FeedSettings
 
 __all__ = [
     "ENV_PREFIX",
@@ -272,23 +273,6 @@ def _check(config: EngineConfig, where: str) -> None:
             raise ConfigError(f"{where}: engine.{name} must be > 0")
     if not 0 <= e.metrics_port <= 65535:
         raise ConfigError(f"{where}: engine.metrics_port must be within 0..65535")
-    f = config.feed
-    for name in (
-        "ping_interval_s",
-        "pong_timeout_s",
-        "stale_after_s",
-        "backoff_initial_s",
-        "connect_timeout_s",
-        "snapshot_timeout_s",
-    ):
-        if not getattr(f, name) > 0:
-            raise ConfigError(f"{where}: feed.{name} must be > 0")
-    if not f.pong_timeout_s <= f.ping_interval_s:
-        raise ConfigError(f"{where}: feed.pong_timeout_s must be <= feed.ping_interval_s")
-    if not f.backoff_max_s >= f.backoff_initial_s:
-        raise ConfigError(f"{where}: feed.backoff_max_s must be >= feed.backoff_initial_s")
-    if f.max_attempts < 1:
-        raise ConfigError(f"{where}: feed.max_attempts must be >= 1")
     st = config.state
     if not st.flush_hz > 0:
         raise ConfigError(f"{where}: state.flush_hz must be > 0")
@@ -320,5 +304,14 @@ def _check(config: EngineConfig, where: str) -> None:
         raise ConfigError(f"{where}: venue.rest_url must be an http:// URL, got {v.rest_url!r}")
     if not v.stream_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"{where}: venue.stream_url must be a ws:// URL, got {v.stream_url!r}")
+    try:  # the feed's own rules, on the section's values (URLs and markets checked above)
+        FeedSettings(
+            urls=list(v.market_data_urls),
+            rest_url=v.rest_url,
+            markets=[FeedMarket("-", 1.0, 1.0)],
+            **msgspec.structs.asdict(config.feed),
+        )
+    except FeedConfigError as exc:
+        raise ConfigError(f"{where}: feed.{exc}") from None
     if config.model and not Path(config.model).is_file():
         raise ConfigError(f"{where}: model: no such file {config.model!r}")
