@@ -223,20 +223,12 @@ class Engine:
         feed_markets = [
             FeedMarket(s.market_id, float(s.tick_size), float(s.lot_size)) for s in specs
         ]
-        f = cfg.feed
         self.feed = MarketFeed(
             FeedSettings(
                 urls=list(v.market_data_urls),
                 rest_url=v.rest_url,
                 markets=feed_markets,
-                ping_interval_s=f.ping_interval_s,
-                pong_timeout_s=f.pong_timeout_s,
-                stale_after_s=f.stale_after_s,
-                backoff_initial_s=f.backoff_initial_s,
-                backoff_max_s=f.backoff_max_s,
-                max_attempts=f.max_attempts,
-                connect_timeout_s=f.connect_timeout_s,
-                snapshot_timeout_s=f.snapshot_timeout_s,
+                **msgspec.structs.asdict(cfg.feed),
             ),
             self,
         )

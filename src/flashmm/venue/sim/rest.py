@@ -78,11 +78,10 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> _Or
         """The client's ``X-Request-ID``, or one made once per request."""
         rid = getattr(request.state, "request_id", None)
         if rid is None:
-            rid = request.state.request_id = request_id_for(request.headers.get("x-request-id"))
+            given = request.headers.get("x-request-id")
+            rid = given if given and len(given) <= 128 else f"sim-{next(request_ids)}"
+            request.state.request_id = rid
         return rid
-
-    def request_id_for(given: str | None) -> str:
-        return given if given and len(given) <= 128 else f"sim-{next(request_ids)}"
 
     def answer(
         request_id: str,
@@ -91,17 +90,28 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> _Or
         data: Any = None,
         failure: _Failure | None = None,
     ) -> Response:
-        status, body, headers = _envelope(request_id, order_id=order_id, data=data, failure=failure)
-        return Response(body, status_code=status, media_type=_JSON, headers=headers)
+        body = ApiResponse(
+            success=failure is None,
+            request_id=request_id,
+            timestamp=format_rfc3339_ns(time.time_ns()),
+            order_id=order_id,
+            data=data,
+            error=failure.error if failure else None,
+        )
+        status = HTTP_STATUS[failure.error.code] if failure else 200
+        return Response(
+            _encode(body),
+            status_code=status,
+            media_type=_JSON,
+            headers=failure.headers if failure else None,
+        )
 
-    def account_for(key: str | None) -> Account:
+    def account_of(request: Request) -> Account:
+        key = request.headers.get("x-api-key")
         account = exchange.account_for_key(key) if key else None
         if account is None:
             raise _Failure(ErrorCode.UNAUTHORIZED, "missing or unknown X-API-Key header")
         return account
-
-    def account_of(request: Request) -> Account:
-        return account_for(request.headers.get("x-api-key"))
 
     async def check_rate(account: Account) -> None:
         burst = exchange.take_forced_rate_limit()
@@ -161,36 +171,18 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> _Or
     async def submit_order(scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/orders``: validate and place an order; execution follows on
         ``/v1/stream``. Served on ASGI directly (see :class:`_OrderEntry`)."""
-        headers = dict(scope["headers"])
-        request_id = request_id_for(_header(headers, b"x-request-id"))
+        request = Request(scope, receive)
         try:
-            account = account_for(_header(headers, b"x-api-key"))
+            account = account_of(request)
             await check_rate(account)
-            declared = headers.get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > max_request_bytes:
-                raise _Failure(ErrorCode.PAYLOAD_TOO_LARGE, too_large)
-            body = b""
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away
-                body += message.get("body", b"")
-                if len(body) > max_request_bytes:
-                    raise _Failure(ErrorCode.PAYLOAD_TOO_LARGE, too_large)
-                if not message.get("more_body", False):
-                    break
-            order_id = exchange.place_order(account, decode(body, OrderRequest))
-            status, payload, extra = _envelope(request_id, order_id=order_id)
+            order_id = exchange.place_order(account, decode(await body_of(request), OrderRequest))
+            response = answer(request_id_of(request), order_id=order_id)
         except _Failure as failure:
-            status, payload, extra = _envelope(request_id, failure=failure)
+            response = answer(request_id_of(request), failure=failure)
         except OrderError as exc:
             failure = _Failure(exc.code, str(exc), exc.details)
-            status, payload, extra = _envelope(request_id, failure=failure)
-        head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
-        if extra:
-            head += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": head})
-        await send({"type": "http.response.body", "body": payload})
+            response = answer(request_id_of(request), failure=failure)
+        await response(scope, receive, send)
 
     @app.post("/v1/orders/cancel-all")
     async def cancel_all(request: Request) -> Response:
@@ -313,10 +305,10 @@ def create_app(exchange: Exchange, *, max_request_bytes: int = 64 * 1024) -> _Or
 class _OrderEntry:
     """The order-entry app, with ``POST /v1/orders`` answered on ASGI directly.
 
-    Order submission is the path every latency figure goes through. Starlette's routing,
-    request object and exception middleware cost more than the matching itself (about
-    0.9 ms of a 1.7 ms book-update-to-order trial on a quiet market), so orders go
-    around them; every other route is the FastAPI app's.
+    Order submission is the path every latency figure goes through. FastAPI's routing
+    and middleware stack cost more than the matching itself (~0.3 ms an order on a quiet
+    market), so orders go around them, with the same helpers and answers as every other
+    route, which stays the FastAPI app's.
     """
 
     def __init__(self, app: FastAPI, submit_order: ASGIApp) -> None:
@@ -328,31 +320,6 @@ class _OrderEntry:
             await self._submit_order(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-def _envelope(
-    request_id: str,
-    *,
-    order_id: str | None = None,
-    data: Any = None,
-    failure: _Failure | None = None,
-) -> tuple[int, bytes, dict[str, str] | None]:
-    """Status, body and extra headers of an answer in the venue's envelope."""
-    body = ApiResponse(
-        success=failure is None,
-        request_id=request_id,
-        timestamp=format_rfc3339_ns(time.time_ns()),
-        order_id=order_id,
-        data=data,
-        error=failure.error if failure else None,
-    )
-    status = HTTP_STATUS[failure.error.code] if failure else 200
-    return status, _encode(body), failure.headers if failure else None
-
-
-def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
-    value = headers.get(name)
-    return None if value is None else value.decode("latin-1")
 
 
 async def _drain_client(websocket: WebSocket, queue: asyncio.Queue[bytes | None]) -> None:
