@@ -5,7 +5,9 @@ Side by side, each producing the same numbers (sequence, timestamp in ns, float
 
 - ``stdlib``: ``json.loads`` of the frame and of each level string, ``float()`` per value;
 - ``orjson``: the same with ``orjson.loads`` (a test dependency);
-- ``FrameDecoder.decode``: the codec (typed msgspec envelope, levels scanned into its arena);
+- ``FrameDecoder.decode``: the codec, by its one-pass reader of the common book frame
+  (``bytes``, as off the socket) and by its general path (the same frame as ``str``:
+  typed msgspec envelope, levels scanned into its arena);
 - ``decode + OrderBook.apply_delta``: the feed's hot path, deltas with increasing sequences.
 
 All use ``parse_rfc3339_ns`` for the timestamp, so the comparison is about JSON and levels.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,12 +96,47 @@ def test_orjson(benchmark: Any) -> None:
 
 
 @pytest.mark.benchmark(group="decode-book-frame")
-def test_frame_decoder(benchmark: Any) -> None:
+@pytest.mark.parametrize("path", ["one-pass", "msgspec"])
+def test_frame_decoder(benchmark: Any, path: str) -> None:
+    """``bytes`` take the one-pass reader of the common book frame; the same frame as
+    ``str`` takes the general path (typed msgspec envelope, then the level scanner)."""
     decode = FrameDecoder().decode
-    msg = benchmark(decode, FRAME)
+    msg = benchmark(decode, FRAME if path == "one-pass" else FRAME.decode())
     assert isinstance(msg, Notification)
     (update,) = msg.events
     _check(update.sequence, update.timestamp_ns, update.bids, update.asks)
+
+
+def _largest_real_frames() -> list[bytes]:
+    """The USD-M replay's book frames of 250-350 levels: the ones that set its p99."""
+    from flashmm.data.binance import infer_increments
+    from flashmm.data.frames import binance_to_frames
+
+    path = (
+        Path(__file__).resolve().parent.parent
+        / "tests/data/binance/usdm_btcusdt_20240808_head10k.gz"
+    )
+    tick, lot = infer_increments(path)
+    frames = [f for _, f in binance_to_frames([path], "BTC/USDT", tick, lot)]
+    return [f for f in frames if b"OrderBookUpdate" in f and 250 <= f.count(b"],[") < 350]
+
+
+@pytest.mark.benchmark(group="decode-real-300-level-frames")
+@pytest.mark.parametrize("path", ["one-pass", "msgspec"])
+def test_frame_decoder_real_large_frames(benchmark: Any, path: str) -> None:
+    """All of the replay's 250-350-level frames, one after another, per call."""
+    frames = _largest_real_frames()
+    if path == "msgspec":
+        frames = [f.decode() for f in frames]
+    decode = FrameDecoder().decode
+
+    def decode_all() -> int:
+        return sum(len(decode(f).events[0].bids) for f in frames)
+
+    levels = benchmark(decode_all)
+    benchmark.extra_info["frames"] = len(frames)
+    assert len(frames) >= 10
+    assert levels > 0
 
 
 class _Feed:

@@ -928,6 +928,23 @@ def test_arena_grows_and_keeps_earlier_views_valid() -> None:
         assert_same_events(msg.events, [small, big, small])
 
 
+def test_bad_level_list_larger_than_the_arena_is_an_invalid_event() -> None:
+    rows = ",".join(f'["{100 + k}","1"]' for k in range(40)) + ',["0","1"]'
+    with pytest.raises(InvalidEvent, match="bids: invalid level"):
+        FrameDecoder(arena_rows=16).decode(
+            form1([("OrderBookUpdate", BOOK | {"bids": f"[{rows}]"})])
+        )
+
+
+def test_invalid_utf8_inside_a_level_list_is_a_malformed_frame(decoder: FrameDecoder) -> None:
+    # The typed decoder keeps the level lists as raw tokens, unchecked; this must not
+    # escape as a UnicodeDecodeError.
+    data = form1([("OrderBookUpdate", BOOK)]).replace(b'0.4503\\"', b'0.45\x80\\"')
+    assert b"\x80" in data
+    with pytest.raises(MalformedFrame, match="invalid JSON in asks"):
+        decoder.decode(data)
+
+
 def test_decoded_frames_drive_the_order_book(decoder: FrameDecoder) -> None:
     book = OrderBook(tick_size=0.0001, lot_size=1.0)
     snapshot = BOOK | {"kind": "snapshot", "bids": '[["0.4501","100"]]', "sequence": "1"}

@@ -1,4 +1,5 @@
-"""Scanners for the venue's text fields: level lists and RFC 3339 timestamps.
+"""Scanners for the venue's text: level lists, RFC 3339 timestamps, and whole book
+frames of the common form in one pass.
 
 Level lists ``[["price","size"], ...]`` go straight into float64 rows.
 
@@ -15,10 +16,11 @@ hex floats, a negative size and a non-positive price are errors.
 
 cimport numpy as cnp
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 from libc.math cimport isfinite, llround
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport strtod
+from libc.string cimport memcmp
 
 cnp.import_array()
 
@@ -213,10 +215,11 @@ cdef inline Py_ssize_t _plain_decimal(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
-cdef Py_ssize_t _parse_plain(const char* s, Py_ssize_t n, double* out, Py_ssize_t cap,
-                             bint esc) noexcept nogil:
-    """The compact form ``[["p","s"],...]`` (no blanks, plain decimals) in one tight
-    loop, which is what venues send; -1 for anything else, left to ``_parse``.
+cdef Py_ssize_t _parse_plain_at(const char* s, Py_ssize_t n, double* out, Py_ssize_t cap,
+                                bint esc, Py_ssize_t* stop) noexcept nogil:
+    """The compact form ``[["p","s"],...]`` (no blanks, plain decimals) at the start of
+    ``s[:n]``, in one tight loop, which is what venues send; the index after its closing
+    ``]`` goes to ``stop``. -1 for anything else, left to ``_parse``.
 
     Each value is exact (at most 15 digits: mantissa and power of ten are exact
     doubles, so the quotient is correctly rounded).
@@ -227,8 +230,9 @@ cdef Py_ssize_t _parse_plain(const char* s, Py_ssize_t n, double* out, Py_ssize_
     cdef double px, sz
     if n < 2 or s[0] != c'[':
         return -1
-    if n == 2:
-        return 0 if s[1] == c']' else -1
+    if s[1] == c']':
+        stop[0] = 2
+        return 0
     while True:
         # [\"price\",\"size\"]
         if i + 1 + q >= n or s[i] != c'[' or s[i + q] != c'"' or (esc and s[i + 1] != c'\\'):
@@ -254,9 +258,18 @@ cdef Py_ssize_t _parse_plain(const char* s, Py_ssize_t n, double* out, Py_ssize_
         if i < n and s[i] == c',':
             i += 1
             continue
-        if i + 1 == n and s[i] == c']':
+        if i < n and s[i] == c']':
+            stop[0] = i + 1
             return count
         return -1
+
+
+cdef inline Py_ssize_t _parse_plain(const char* s, Py_ssize_t n, double* out, Py_ssize_t cap,
+                                    bint esc) noexcept nogil:
+    """``_parse_plain_at`` over exactly ``s[:n]``."""
+    cdef Py_ssize_t stop = -1
+    cdef Py_ssize_t count = _parse_plain_at(s, n, out, cap, esc, &stop)
+    return count if stop == n else -1
 
 
 def max_levels(str text):
@@ -355,15 +368,22 @@ cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept n
 cdef int[13] _MONTH_DAYS = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
 
 
-def parse_rfc3339_ns(str text):
-    """``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` as integer ns since the epoch.
+cdef enum:
+    # _rfc3339 results
+    _TS_OK = 0
+    _TS_FORM = 1
+    _TS_RANGE = 2
+    _TS_YEARS = 3
+    _TS_LEAP = 4
+    _TS_FRAC_LONG = 5
+    _TS_FRAC_EMPTY = 6
+    _TS_OFFSET = 7
+    _TS_ZONE = 8
+    _TS_TRAILING = 9
 
-    Up to 9 fraction digits; ``t``/``z`` in lower case and a space separator are accepted.
-    Years 1678-2261 only (the int64 nanosecond range, with whole years).
-    Raises ``ValueError`` naming the problem otherwise.
-    """
-    cdef Py_ssize_t n = 0
-    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+
+cdef int _rfc3339(const char* s, Py_ssize_t n, int64_t* out) noexcept nogil:
+    """``parse_rfc3339_ns`` on ``s[:n]``: ``_TS_OK`` and the value in ``out``, or why not."""
     cdef int year, month, day, hour, minute, second, oh, om
     cdef int64_t frac = 0
     cdef int fdigits = 0
@@ -371,33 +391,33 @@ def parse_rfc3339_ns(str text):
     cdef int64_t offset = 0
     if n < 20 or s[4] != c'-' or s[7] != c'-' or s[13] != c':' or s[16] != c':' or not (
             s[10] == c'T' or s[10] == c't' or s[10] == c' '):
-        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+        return _TS_FORM
     year = _digits(s, 0, 4)
     month = _digits(s, 5, 2)
     day = _digits(s, 8, 2)
     hour = _digits(s, 11, 2)
     minute = _digits(s, 14, 2)
     second = _digits(s, 17, 2)
-    if min(year, month, day, hour, minute, second) < 0:
-        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
+    if year < 0 or month < 0 or day < 0 or hour < 0 or minute < 0 or second < 0:
+        return _TS_FORM
     if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month] and hour <= 23
             and minute <= 59 and second <= 59):
-        raise ValueError(f"date or time out of range in timestamp {text[:40]!r}")
+        return _TS_RANGE
     if year < 1678 or year > 2261:
         # int64 nanoseconds since 1970 span 1677-09-21 .. 2262-04-11
-        raise ValueError(f"timestamp outside years 1678-2261 (int64 ns): {text[:40]!r}")
+        return _TS_YEARS
     if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
-        raise ValueError(f"date out of range in timestamp {text[:40]!r}")
+        return _TS_LEAP
     if s[i] == c'.':
         i += 1
         while i < n and c'0' <= s[i] <= c'9':
             if fdigits == 9:
-                raise ValueError(f"more than 9 fraction digits in timestamp {text[:40]!r}")
+                return _TS_FRAC_LONG
             frac = frac * 10 + (s[i] - c'0')
             fdigits += 1
             i += 1
         if fdigits == 0:
-            raise ValueError(f"empty fraction in timestamp {text[:40]!r}")
+            return _TS_FRAC_EMPTY
         while fdigits < 9:
             frac *= 10
             fdigits += 1
@@ -407,16 +427,45 @@ def parse_rfc3339_ns(str text):
         oh = _digits(s, i + 1, 2)
         om = _digits(s, i + 4, 2)
         if oh < 0 or om < 0 or oh > 23 or om > 59:
-            raise ValueError(f"bad UTC offset in timestamp {text[:40]!r}")
+            return _TS_OFFSET
         offset = (oh * 3600 + om * 60) * (1 if s[i] == c'+' else -1)
         i += 6
     else:
-        raise ValueError(f"timestamp needs a Z or +HH:MM offset: {text[:40]!r}")
+        return _TS_ZONE
     if i != n:
-        raise ValueError(f"trailing characters in timestamp {text[:40]!r}")
-    cdef int64_t secs = (_days_from_civil(year, month, day) * 86400
-                         + hour * 3600 + minute * 60 + second - offset)
-    return secs * 1_000_000_000 + frac
+        return _TS_TRAILING
+    out[0] = ((_days_from_civil(year, month, day) * 86400
+               + hour * 3600 + minute * 60 + second - offset) * 1_000_000_000 + frac)
+    return _TS_OK
+
+
+_TS_PROBLEMS = {
+    _TS_FORM: "not an RFC 3339 timestamp: {!r}",
+    _TS_RANGE: "date or time out of range in timestamp {!r}",
+    _TS_YEARS: "timestamp outside years 1678-2261 (int64 ns): {!r}",
+    _TS_LEAP: "date out of range in timestamp {!r}",
+    _TS_FRAC_LONG: "more than 9 fraction digits in timestamp {!r}",
+    _TS_FRAC_EMPTY: "empty fraction in timestamp {!r}",
+    _TS_OFFSET: "bad UTC offset in timestamp {!r}",
+    _TS_ZONE: "timestamp needs a Z or +HH:MM offset: {!r}",
+    _TS_TRAILING: "trailing characters in timestamp {!r}",
+}
+
+
+def parse_rfc3339_ns(str text):
+    """``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` as integer ns since the epoch.
+
+    Up to 9 fraction digits; ``t``/``z`` in lower case and a space separator are accepted.
+    Years 1678-2261 only (the int64 nanosecond range, with whole years).
+    Raises ``ValueError`` naming the problem otherwise.
+    """
+    cdef Py_ssize_t n = 0
+    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+    cdef int64_t ns = 0
+    cdef int problem = _rfc3339(s, n, &ns)
+    if problem != _TS_OK:
+        raise ValueError(_TS_PROBLEMS[problem].format(text[:40]))
+    return ns
 
 
 # ---------------------------------------------------------------- level lists out
@@ -506,3 +555,345 @@ def format_levels_fixed(cnp.ndarray rows, int price_decimals, int size_decimals)
             "decimals"
         )
     return out[:j].decode("ascii")
+
+
+# ---------------------------------------------------------------- book frames
+#
+# The frame a market maker reads most, and the largest: one OrderBookUpdate in the
+# specification's form. A general JSON decoder scans every level string once to find
+# its end and the level parser reads it again; here one pass reads the envelope and
+# parses the levels where they lie. Only a strict subset of JSON is taken, so that
+# whatever is taken is valid JSON with one reading: keys once each and all known,
+# strings of printable ASCII without escapes, level lists in the compact form. For
+# anything else the reader answers None and the general decoder decides, with its
+# precise errors: this is a shortcut, never a second judge of the frame.
+
+cdef struct _BookFrame:
+    int id_kind  # 0 null or absent, 1 integer, 2 string
+    int64_t id_int
+    Py_ssize_t id_at, id_end  # string contents: [at, end)
+    Py_ssize_t query_at, query_end
+    Py_ssize_t market_at, market_end
+    int64_t timestamp_ns
+    int64_t sequence
+    int kind  # 0 absent, 1 snapshot, 2 delta
+    Py_ssize_t bids_at, bids_end, asks_at, asks_end  # rows of the level buffer
+    Py_ssize_t used  # rows written so far
+
+
+cdef enum:
+    _MAX_INT_DIGITS = 18  # any such integer fits int64
+
+
+cdef inline Py_ssize_t _plain_str(const char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """``s[i]`` opens a string of printable ASCII without escapes: the index after its
+    closing quote, else -1."""
+    cdef unsigned char c
+    if i >= n or s[i] != c'"':
+        return -1
+    i += 1
+    while i < n:
+        c = <unsigned char>s[i]
+        if c == 34:  # "
+            return i + 1
+        if c == 92 or c < 32 or c >= 127:  # \, control, DEL and non-ASCII
+            return -1
+        i += 1
+    return -1
+
+
+cdef inline bint _is(const char* s, Py_ssize_t at, Py_ssize_t end, const char* word,
+                     Py_ssize_t k) noexcept nogil:
+    return end - at == k and memcmp(s + at, word, k) == 0
+
+
+cdef inline Py_ssize_t _key(const char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* at,
+                            Py_ssize_t* end) noexcept nogil:
+    """A member's key and colon at ``s[i]``: the index of its value, else -1."""
+    cdef Py_ssize_t j = _plain_str(s, i, n)
+    if j < 0:
+        return -1
+    at[0] = i + 1
+    end[0] = j - 1
+    j = _skip_ws(s, j, n)
+    if j >= n or s[j] != c':':
+        return -1
+    return _skip_ws(s, j + 1, n)
+
+
+cdef inline Py_ssize_t _open(const char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """A non-empty object opens at ``s[i]``: the index of its first key, else -1."""
+    if i >= n or s[i] != c'{':
+        return -1
+    i = _skip_ws(s, i + 1, n)
+    return i if i < n and s[i] == c'"' else -1
+
+
+cdef inline Py_ssize_t _after_member(const char* s, Py_ssize_t i, Py_ssize_t n,
+                                     bint* more) noexcept nogil:
+    """After a member's value: past a comma (``more``) or the object's closing brace."""
+    i = _skip_ws(s, i, n)
+    if i < n and s[i] == c',':
+        more[0] = True
+        return _skip_ws(s, i + 1, n)
+    if i < n and s[i] == c'}':
+        more[0] = False
+        return i + 1
+    return -1
+
+
+cdef inline Py_ssize_t _integer(const char* s, Py_ssize_t i, Py_ssize_t n, bint signed,
+                                int64_t* out) noexcept nogil:
+    """A JSON integer of at most 18 digits at ``s[i]``: the index after it, else -1."""
+    cdef bint neg = signed and i < n and s[i] == c'-'
+    cdef Py_ssize_t start
+    cdef uint64_t v = 0
+    if neg:
+        i += 1
+    start = i
+    i = _digit_run(s, i, n, &v)
+    if i == start or i - start > _MAX_INT_DIGITS or (s[start] == c'0' and i - start > 1):
+        return -1
+    out[0] = -<int64_t>v if neg else <int64_t>v
+    return i
+
+
+cdef Py_ssize_t _levels_at(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
+                           Py_ssize_t cap, _BookFrame* f, Py_ssize_t* at,
+                           Py_ssize_t* end) noexcept nogil:
+    """A level list string at ``s[i]`` into rows from ``f.used`` on."""
+    cdef Py_ssize_t stop = -1
+    cdef Py_ssize_t count
+    if i >= n or s[i] != c'"':
+        return -1
+    count = _parse_plain_at(s + i + 1, n - i - 1, rows + 2 * f.used, cap - f.used, True, &stop)
+    i += 1 + stop
+    if count < 0 or i >= n or s[i] != c'"':
+        return -1
+    at[0] = f.used
+    end[0] = f.used = f.used + count
+    return i + 1
+
+
+cdef Py_ssize_t _attributes(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
+                            Py_ssize_t cap, _BookFrame* f) noexcept nogil:
+    cdef Py_ssize_t at, end, j
+    cdef uint64_t digits
+    cdef int seen = 0
+    cdef int bit
+    cdef bint more = True
+    i = _open(s, i, n)
+    while more and i >= 0:
+        i = _key(s, i, n, &at, &end)
+        if i < 0:
+            return -1
+        if _is(s, at, end, "bids", 4):
+            bit = 1
+            j = _levels_at(s, i, n, rows, cap, f, &f.bids_at, &f.bids_end)
+        elif _is(s, at, end, "asks", 4):
+            bit = 2
+            j = _levels_at(s, i, n, rows, cap, f, &f.asks_at, &f.asks_end)
+        elif _is(s, at, end, "market_id", 9):
+            bit = 4
+            j = _plain_str(s, i, n)
+            if j < 0 or j - i == 2:  # an empty market id is the general decoder's error
+                return -1
+            f.market_at = i + 1
+            f.market_end = j - 1
+        elif _is(s, at, end, "timestamp", 9):
+            bit = 8
+            j = _plain_str(s, i, n)
+            if j < 0 or _rfc3339(s + i + 1, j - i - 2, &f.timestamp_ns) != _TS_OK:
+                return -1
+        elif _is(s, at, end, "sequence", 8):
+            bit = 16
+            if i < n and s[i] == c'"':  # a string of digits, as the venue sends it
+                j = _plain_str(s, i, n)
+                if j < 0 or not 1 <= j - i - 2 <= _MAX_INT_DIGITS:
+                    return -1
+                digits = 0  # leading zeros are fine inside the string
+                if _digit_run(s, i + 1, n, &digits) != j - 1:
+                    return -1
+                f.sequence = <int64_t>digits
+            else:
+                j = _integer(s, i, n, False, &f.sequence)
+        elif _is(s, at, end, "kind", 4):
+            bit = 32
+            j = _plain_str(s, i, n)
+            if j < 0:
+                return -1
+            if _is(s, i + 1, j - 1, "delta", 5):
+                f.kind = 2
+            elif _is(s, i + 1, j - 1, "snapshot", 8):
+                f.kind = 1
+            else:
+                return -1
+        else:
+            return -1
+        if j < 0 or seen & bit:
+            return -1
+        seen |= bit
+        i = _after_member(s, j, n, &more)
+    return i if (seen & 31) == 31 else -1
+
+
+cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
+                       Py_ssize_t cap, _BookFrame* f) noexcept nogil:
+    cdef Py_ssize_t at, end, j
+    cdef int seen = 0
+    cdef int bit
+    cdef bint more = True
+    i = _open(s, i, n)
+    while more and i >= 0:
+        i = _key(s, i, n, &at, &end)
+        if i < 0:
+            return -1
+        if _is(s, at, end, "type", 4):
+            bit = 1
+            j = _plain_str(s, i, n)
+            if j < 0 or not _is(s, i + 1, j - 1, "OrderBookUpdate", 15):
+                return -1
+        elif _is(s, at, end, "attributes", 10):
+            bit = 2
+            j = _attributes(s, i, n, rows, cap, f)
+        else:
+            return -1
+        if j < 0 or seen & bit:
+            return -1
+        seen |= bit
+        i = _after_member(s, j, n, &more)
+    return i if seen == 3 else -1
+
+
+cdef Py_ssize_t _result(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
+                        Py_ssize_t cap, _BookFrame* f) noexcept nogil:
+    cdef Py_ssize_t at, end, j
+    cdef int seen = 0
+    cdef int bit
+    cdef bint more = True
+    i = _open(s, i, n)
+    while more and i >= 0:
+        i = _key(s, i, n, &at, &end)
+        if i < 0:
+            return -1
+        if _is(s, at, end, "events", 6):
+            bit = 1
+            # exactly one event: [ event ]
+            if i >= n or s[i] != c'[':
+                return -1
+            j = _event(s, _skip_ws(s, i + 1, n), n, rows, cap, f)
+            if j < 0:
+                return -1
+            j = _skip_ws(s, j, n)
+            if j >= n or s[j] != c']':
+                return -1
+            j += 1
+        elif _is(s, at, end, "query", 5):
+            bit = 2
+            j = _plain_str(s, i, n)
+            f.query_at = i + 1
+            f.query_end = j - 1
+        else:
+            return -1
+        if j < 0 or seen & bit:
+            return -1
+        seen |= bit
+        i = _after_member(s, j, n, &more)
+    return i if seen == 3 else -1
+
+
+cdef Py_ssize_t _book_frame(const char* s, Py_ssize_t n, double* rows, Py_ssize_t cap,
+                            _BookFrame* f) noexcept nogil:
+    """0 when ``s[:n]`` is one book update in the strict form (read into ``f`` and
+    ``rows``), else -1."""
+    cdef Py_ssize_t at, end, j
+    cdef int seen = 0
+    cdef int bit
+    cdef bint more = True
+    cdef Py_ssize_t i = _open(s, _skip_ws(s, 0, n), n)
+    while more and i >= 0:
+        i = _key(s, i, n, &at, &end)
+        if i < 0:
+            return -1
+        if _is(s, at, end, "jsonrpc", 7):
+            bit = 1
+            j = _plain_str(s, i, n)
+            if j < 0 or not _is(s, i + 1, j - 1, "2.0", 3):
+                return -1
+        elif _is(s, at, end, "result", 6):
+            bit = 2
+            j = _result(s, i, n, rows, cap, f)
+        elif _is(s, at, end, "id", 2):
+            bit = 4
+            if i < n and s[i] == c'"':
+                j = _plain_str(s, i, n)
+                f.id_kind = 2
+                f.id_at = i + 1
+                f.id_end = j - 1
+            elif i + 4 <= n and memcmp(s + i, "null", 4) == 0:
+                j = i + 4
+                f.id_kind = 0
+            else:
+                j = _integer(s, i, n, True, &f.id_int)
+                f.id_kind = 1
+        else:
+            return -1
+        if j < 0 or seen & bit:
+            return -1
+        seen |= bit
+        i = _after_member(s, j, n, &more)
+    if i < 0 or (seen & 3) != 3:
+        return -1
+    return 0 if _skip_ws(s, i, n) == n else -1
+
+
+cdef inline object _ascii(object last, const char* p, Py_ssize_t k):
+    """``p[:k]`` as a str, reusing ``last`` when it is the same text."""
+    cdef Py_ssize_t m = 0
+    cdef const char* q
+    if last is not None:
+        q = PyUnicode_AsUTF8AndSize(last, &m)
+        if m == k and memcmp(p, q, k) == 0:
+            return last
+    return PyUnicode_DecodeASCII(p, k, NULL)
+
+
+cdef class BookFrameReader:
+    """Reads a frame that is one ``OrderBookUpdate`` in the specification's form in a
+    single pass, levels included; None for any other frame (and any doubt).
+
+    One per connection: it keeps the last query and market id to hand the same
+    ``str`` objects back while they do not change.
+    """
+
+    cdef object _query
+    cdef object _market
+
+    def read(self, bytes frame, cnp.ndarray rows):
+        """``(id, query, market_id, timestamp_ns, sequence, is_snapshot, bids_at,
+        bids_end, asks_at, asks_end)`` with the levels in ``rows`` (a float64
+        ``(cap, 2)`` array), or None."""
+        cdef _BookFrame f
+        cdef int ok
+        cdef const char* s = frame
+        cdef Py_ssize_t n = len(frame)
+        if (cnp.PyArray_TYPE(rows) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(rows) != 2
+                or cnp.PyArray_DIM(rows, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(rows)):
+            raise TypeError("rows must be a C-contiguous float64 array of shape (cap, 2)")
+        f.id_kind = 0
+        f.kind = 0
+        f.used = 0
+        with nogil:
+            ok = _book_frame(s, n, <double*>cnp.PyArray_DATA(rows), cnp.PyArray_DIM(rows, 0), &f)
+        if ok != 0:
+            return None
+        if f.id_kind == 1:
+            request_id = f.id_int
+        elif f.id_kind == 2:
+            request_id = PyUnicode_DecodeASCII(s + f.id_at, f.id_end - f.id_at, NULL)
+        else:
+            request_id = None
+        self._query = _ascii(self._query, s + f.query_at, f.query_end - f.query_at)
+        self._market = _ascii(self._market, s + f.market_at, f.market_end - f.market_at)
+        return (request_id, self._query, self._market, f.timestamp_ns, f.sequence,
+                f.kind != 2, f.bids_at, f.bids_end, f.asks_at, f.asks_end)

@@ -56,6 +56,7 @@ import msgspec
 import numpy as np
 
 from flashmm._core.wire import (
+    BookFrameReader,
     LevelsFormatError,
     format_levels_fixed,
     max_levels,
@@ -411,12 +412,13 @@ class FrameDecoder:
     slices of that arena, valid until the next :meth:`decode` call on this decoder.
     """
 
-    __slots__ = ("_arena", "_decode", "_offset", "_views")
+    __slots__ = ("_arena", "_decode", "_offset", "_read_book", "_views")
 
-    _views: list[tuple[int, int, int, np.ndarray, np.ndarray] | None]
+    _views: list[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None]
 
     def __init__(self, arena_rows: int = 1024) -> None:
         self._decode = msgspec.json.Decoder(_Envelope).decode
+        self._read_book = BookFrameReader().read
         self._views = [None] * _VIEW_SLOTS
         self._arena = self._new_arena(max(int(arena_rows), 16))
         self._offset = 0
@@ -431,6 +433,16 @@ class FrameDecoder:
 
     def decode(self, frame: bytes | str) -> SubscribeAck | RpcResult | RpcError | Notification:
         """Decode one frame. Raises :class:`MalformedFrame` or :class:`InvalidEvent`."""
+        if type(frame) is bytes:
+            # The common book frame in one pass; None leaves any other to msgspec.
+            book = self._read_book(frame, self._arena)
+            if book is not None:
+                rid, query, market, ts, seq, is_snapshot, b0, b1, a0, a1 = book
+                self._offset = b1 if b1 > a1 else a1
+                bids, asks = self._level_views(b0, b1, a0, a1)
+                return Notification(
+                    rid, query, [BookUpdate(market, ts, seq, is_snapshot, bids, asks)]
+                )
         try:
             env = self._decode(frame)
         except msgspec.ValidationError as exc:
@@ -638,31 +650,42 @@ class FrameDecoder:
             asks = self._levels(a, "asks", _level_text(a, "asks", asks_text))
             return BookUpdate(market, ts, seq, is_snapshot, bids, asks)
         self._offset = end
+        bids, asks = self._level_views(start, mid, mid, end)
+        return BookUpdate(market, ts, seq, is_snapshot, bids, asks)
+
+    def _level_views(
+        self, bids_at: int, bids_end: int, asks_at: int, asks_end: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Views depend only on the arena and the offsets: frames of the same shape reuse
         # them (the arena contract makes that invisible). The cache is direct-mapped, so
         # a miss frees at most one pair of views; clearing a full cache at once had cost
         # one frame in a few hundred some 20 µs.
-        slot = (start * 7919 + mid * 131 + end) & (_VIEW_SLOTS - 1)
+        slot = (bids_at * 7919 + bids_end * 131 + asks_at * 17 + asks_end) & (_VIEW_SLOTS - 1)
         entry = self._views[slot]
-        if entry is None or entry[0] != start or entry[1] != mid or entry[2] != end:
-            entry = self._views[slot] = (start, mid, end, arena[start:mid], arena[mid:end])
-        return BookUpdate(market, ts, seq, is_snapshot, entry[3], entry[4])
+        if entry is None or entry[0] != (bids_at, bids_end, asks_at, asks_end):
+            arena = self._arena
+            entry = self._views[slot] = (
+                (bids_at, bids_end, asks_at, asks_end),
+                arena[bids_at:bids_end],
+                arena[asks_at:asks_end],
+            )
+        return entry[1], entry[2]
 
     def _levels(self, a: _Attributes, side: str, text: str | None) -> np.ndarray:
         if text is None:
             raise _invalid("OrderBookUpdate", a, f"missing {side}")
         arena = self._arena
         start = self._offset
+        room = max_levels(text)
+        if len(arena) - start < room:
+            # Perhaps out of room: a fresh, larger arena. Views already handed out for
+            # this frame keep the old one alive, so they stay valid.
+            arena = self._new_arena(max(2 * len(arena), room))
+            start = 0
         try:
             n = parse_levels(text, arena, start)
         except LevelsFormatError as exc:
             raise _invalid("OrderBookUpdate", a, f"{side}: {exc}") from None
-        except ValueError:
-            # Out of room: a fresh, larger arena. Views already handed out for this
-            # frame keep the old one alive, so they stay valid.
-            arena = self._new_arena(max(2 * len(arena), max_levels(text)))
-            start = 0
-            n = parse_levels(text, arena, start)
         self._offset = start + n
         return arena[start : start + n]
 
@@ -673,8 +696,9 @@ def _level_text(a: _Attributes, side: str, value: msgspec.Raw | str | None) -> s
         return value
     try:
         text = msgspec.json.decode(value) if len(value) else None
-    except msgspec.DecodeError:  # the typed decoder validated the frame: cannot happen
-        text = None
+    except (msgspec.DecodeError, UnicodeError) as exc:
+        # The typed decoder leaves a raw token's bytes unchecked: invalid UTF-8 shows here.
+        raise MalformedFrame(f"invalid JSON in {side}: {exc}") from None
     if text is not None and type(text) is not str:
         raise _invalid(
             "OrderBookUpdate", a, f"{side} must be a JSON string holding [[price, size], ...]"
