@@ -5,7 +5,7 @@ Side by side, each producing the same numbers (sequence, timestamp in ns, float
 
 - ``stdlib``: ``json.loads`` of the frame and of each level string, ``float()`` per value;
 - ``orjson``: the same with ``orjson.loads`` (a test dependency);
-- ``FrameDecoder.decode``: the codec, by its one-pass reader of the common book frame
+- ``FrameDecoder.decode``: the codec, by its one-pass reader of one-event frames
   (``bytes``, as off the socket) and by its general path (the same frame as ``str``:
   typed msgspec envelope, levels scanned into its arena);
 - ``decode + OrderBook.apply_delta``: the feed's hot path, deltas with increasing sequences.
@@ -33,6 +33,7 @@ from flashmm.venue.protocol import (
     BookUpdate,
     FrameDecoder,
     Notification,
+    Trade,
     encode_notification,
     format_query,
 )
@@ -105,6 +106,20 @@ def test_frame_decoder(benchmark: Any, path: str) -> None:
     assert isinstance(msg, Notification)
     (update,) = msg.events
     _check(update.sequence, update.timestamp_ns, update.bids, update.asks)
+
+
+TRADE_FRAME = encode_notification(
+    1, format_query("Trade", MARKET), [Trade(MARKET, T0_NS, 0.4502, 12.5, -1, "5266583935")]
+)
+
+
+@pytest.mark.benchmark(group="decode-trade-frame")
+@pytest.mark.parametrize("path", ["one-pass", "msgspec"])
+def test_trade_frame_decoder(benchmark: Any, path: str) -> None:
+    """A trade, the most frequent frame, by each path (``bytes`` / ``str``)."""
+    decode = FrameDecoder().decode
+    msg = benchmark(decode, TRADE_FRAME if path == "one-pass" else TRADE_FRAME.decode())
+    assert msg.events == [Trade(MARKET, T0_NS, 0.4502, 12.5, -1, "5266583935")]
 
 
 def _largest_real_frames() -> list[bytes]:

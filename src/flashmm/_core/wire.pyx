@@ -1,5 +1,5 @@
-"""Scanners for the venue's text: level lists, RFC 3339 timestamps, and whole book
-frames of the common form in one pass.
+"""Scanners for the venue's text: level lists, RFC 3339 timestamps, and whole frames
+of one book update or trade in one pass.
 
 Level lists ``[["price","size"], ...]`` go straight into float64 rows.
 
@@ -557,32 +557,59 @@ def format_levels_fixed(cnp.ndarray rows, int price_decimals, int size_decimals)
     return out[:j].decode("ascii")
 
 
-# ---------------------------------------------------------------- book frames
+# ---------------------------------------------------------------- one-event frames
 #
-# The frame a market maker reads most, and the largest: one OrderBookUpdate in the
-# specification's form. A general JSON decoder scans every level string once to find
-# its end and the level parser reads it again; here one pass reads the envelope and
-# parses the levels where they lie. Only a strict subset of JSON is taken, so that
-# whatever is taken is valid JSON with one reading: keys once each and all known,
-# strings of printable ASCII without escapes, level lists in the compact form. For
+# The frames a market maker reads most: one OrderBookUpdate (the largest) or one Trade
+# (the most frequent) in the specification's form. A general JSON decoder scans every
+# level string once to find its end and the level parser reads it again; here one pass
+# reads the envelope and parses the levels where they lie, and the envelope's structs
+# are never built. Only a strict subset of JSON is taken, so that whatever is taken is
+# valid JSON with one reading: keys once each and all known, strings of printable ASCII
+# without escapes, level lists in the compact form, integers of at most 18 digits. For
 # anything else the reader answers None and the general decoder decides, with its
 # precise errors: this is a shortcut, never a second judge of the frame.
 
-cdef struct _BookFrame:
+cdef enum:
+    _MAX_INT_DIGITS = 18  # any such integer fits int64
+    # what a frame's one event is
+    _EV_BOOK = 1
+    _EV_TRADE = 2
+    # attributes seen, one bit each
+    _A_BIDS = 1
+    _A_ASKS = 2
+    _A_MARKET = 4
+    _A_TIMESTAMP = 8
+    _A_SEQUENCE = 16
+    _A_KIND = 32
+    _A_PRICE = 64
+    _A_SIZE = 128
+    _A_SIDE = 256
+    _A_TRADE_ID = 512
+    _BOOK_NEEDS = _A_BIDS | _A_ASKS | _A_MARKET | _A_TIMESTAMP | _A_SEQUENCE
+    _BOOK_TAKES = _BOOK_NEEDS | _A_KIND
+    _TRADE_NEEDS = _A_MARKET | _A_TIMESTAMP | _A_PRICE | _A_SIZE | _A_SIDE | _A_TRADE_ID
+
+
+cdef struct _Frame:
     int id_kind  # 0 null or absent, 1 integer, 2 string
     int64_t id_int
     Py_ssize_t id_at, id_end  # string contents: [at, end)
     Py_ssize_t query_at, query_end
+    int event  # _EV_BOOK or _EV_TRADE
+    int seen  # _A_* bits
     Py_ssize_t market_at, market_end
     int64_t timestamp_ns
+    # a book update
     int64_t sequence
     int kind  # 0 absent, 1 snapshot, 2 delta
     Py_ssize_t bids_at, bids_end, asks_at, asks_end  # rows of the level buffer
     Py_ssize_t used  # rows written so far
-
-
-cdef enum:
-    _MAX_INT_DIGITS = 18  # any such integer fits int64
+    # a trade
+    double price, size
+    int side
+    int trade_id_kind  # 1 integer, 2 string
+    int64_t trade_id_int
+    Py_ssize_t trade_id_at, trade_id_end
 
 
 cdef inline Py_ssize_t _plain_str(const char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -659,7 +686,7 @@ cdef inline Py_ssize_t _integer(const char* s, Py_ssize_t i, Py_ssize_t n, bint 
 
 
 cdef Py_ssize_t _levels_at(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                           Py_ssize_t cap, _BookFrame* f, Py_ssize_t* at,
+                           Py_ssize_t cap, _Frame* f, Py_ssize_t* at,
                            Py_ssize_t* end) noexcept nogil:
     """A level list string at ``s[i]`` into rows from ``f.used`` on."""
     cdef Py_ssize_t stop = -1
@@ -675,11 +702,20 @@ cdef Py_ssize_t _levels_at(const char* s, Py_ssize_t i, Py_ssize_t n, double* ro
     return i + 1
 
 
+cdef Py_ssize_t _positive_decimal(const char* s, Py_ssize_t i, Py_ssize_t n,
+                                  double* out) noexcept nogil:
+    """A string holding a plain decimal > 0 at ``s[i]`` (as the levels' numbers)."""
+    cdef Py_ssize_t j = _plain_str(s, i, n)
+    if j < 0 or _plain_decimal(s, i + 1, j - 1, out) != j - 1 or not out[0] > 0.0:
+        return -1
+    return j
+
+
 cdef Py_ssize_t _attributes(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                            Py_ssize_t cap, _BookFrame* f) noexcept nogil:
+                            Py_ssize_t cap, _Frame* f) noexcept nogil:
+    """The attributes of either event type, each at most once, into ``f``."""
     cdef Py_ssize_t at, end, j
     cdef uint64_t digits
-    cdef int seen = 0
     cdef int bit
     cdef bint more = True
     i = _open(s, i, n)
@@ -688,25 +724,25 @@ cdef Py_ssize_t _attributes(const char* s, Py_ssize_t i, Py_ssize_t n, double* r
         if i < 0:
             return -1
         if _is(s, at, end, "bids", 4):
-            bit = 1
+            bit = _A_BIDS
             j = _levels_at(s, i, n, rows, cap, f, &f.bids_at, &f.bids_end)
         elif _is(s, at, end, "asks", 4):
-            bit = 2
+            bit = _A_ASKS
             j = _levels_at(s, i, n, rows, cap, f, &f.asks_at, &f.asks_end)
         elif _is(s, at, end, "market_id", 9):
-            bit = 4
+            bit = _A_MARKET
             j = _plain_str(s, i, n)
             if j < 0 or j - i == 2:  # an empty market id is the general decoder's error
                 return -1
             f.market_at = i + 1
             f.market_end = j - 1
         elif _is(s, at, end, "timestamp", 9):
-            bit = 8
+            bit = _A_TIMESTAMP
             j = _plain_str(s, i, n)
             if j < 0 or _rfc3339(s + i + 1, j - i - 2, &f.timestamp_ns) != _TS_OK:
                 return -1
         elif _is(s, at, end, "sequence", 8):
-            bit = 16
+            bit = _A_SEQUENCE
             if i < n and s[i] == c'"':  # a string of digits, as the venue sends it
                 j = _plain_str(s, i, n)
                 if j < 0 or not 1 <= j - i - 2 <= _MAX_INT_DIGITS:
@@ -718,7 +754,7 @@ cdef Py_ssize_t _attributes(const char* s, Py_ssize_t i, Py_ssize_t n, double* r
             else:
                 j = _integer(s, i, n, False, &f.sequence)
         elif _is(s, at, end, "kind", 4):
-            bit = 32
+            bit = _A_KIND
             j = _plain_str(s, i, n)
             if j < 0:
                 return -1
@@ -728,21 +764,51 @@ cdef Py_ssize_t _attributes(const char* s, Py_ssize_t i, Py_ssize_t n, double* r
                 f.kind = 1
             else:
                 return -1
+        elif _is(s, at, end, "price", 5):
+            bit = _A_PRICE
+            j = _positive_decimal(s, i, n, &f.price)
+        elif _is(s, at, end, "size", 4):
+            bit = _A_SIZE
+            j = _positive_decimal(s, i, n, &f.size)
+        elif _is(s, at, end, "side", 4):
+            bit = _A_SIDE
+            j = _plain_str(s, i, n)
+            if j < 0:
+                return -1
+            if _is(s, i + 1, j - 1, "buy", 3):
+                f.side = 1
+            elif _is(s, i + 1, j - 1, "sell", 4):
+                f.side = -1
+            else:
+                return -1
+        elif _is(s, at, end, "trade_id", 8):
+            bit = _A_TRADE_ID
+            if i < n and s[i] == c'"':
+                j = _plain_str(s, i, n)
+                if j - i == 2:  # empty: the general decoder's error
+                    return -1
+                f.trade_id_kind = 2
+                f.trade_id_at = i + 1
+                f.trade_id_end = j - 1
+            else:
+                j = _integer(s, i, n, True, &f.trade_id_int)
+                f.trade_id_kind = 1
         else:
             return -1
-        if j < 0 or seen & bit:
+        if j < 0 or f.seen & bit:
             return -1
-        seen |= bit
+        f.seen |= bit
         i = _after_member(s, j, n, &more)
-    return i if (seen & 31) == 31 else -1
+    return i
 
 
 cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                       Py_ssize_t cap, _BookFrame* f) noexcept nogil:
+                       Py_ssize_t cap, _Frame* f) noexcept nogil:
     cdef Py_ssize_t at, end, j
     cdef int seen = 0
     cdef int bit
     cdef bint more = True
+    cdef bint ok
     i = _open(s, i, n)
     while more and i >= 0:
         i = _key(s, i, n, &at, &end)
@@ -751,7 +817,13 @@ cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
         if _is(s, at, end, "type", 4):
             bit = 1
             j = _plain_str(s, i, n)
-            if j < 0 or not _is(s, i + 1, j - 1, "OrderBookUpdate", 15):
+            if j < 0:
+                return -1
+            if _is(s, i + 1, j - 1, "OrderBookUpdate", 15):
+                f.event = _EV_BOOK
+            elif _is(s, i + 1, j - 1, "Trade", 5):
+                f.event = _EV_TRADE
+            else:
                 return -1
         elif _is(s, at, end, "attributes", 10):
             bit = 2
@@ -762,11 +834,19 @@ cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
             return -1
         seen |= bit
         i = _after_member(s, j, n, &more)
-    return i if seen == 3 else -1
+    if seen != 3:
+        return -1
+    # Attributes of the other type are ignored by the general decoder, not refused:
+    # none may appear here, so that taking the frame never hides one.
+    if f.event == _EV_BOOK:
+        ok = (f.seen & _BOOK_NEEDS) == _BOOK_NEEDS and (f.seen & ~_BOOK_TAKES) == 0
+    else:
+        ok = f.seen == _TRADE_NEEDS
+    return i if ok else -1
 
 
 cdef Py_ssize_t _result(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                        Py_ssize_t cap, _BookFrame* f) noexcept nogil:
+                        Py_ssize_t cap, _Frame* f) noexcept nogil:
     cdef Py_ssize_t at, end, j
     cdef int seen = 0
     cdef int bit
@@ -802,10 +882,10 @@ cdef Py_ssize_t _result(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
     return i if seen == 3 else -1
 
 
-cdef Py_ssize_t _book_frame(const char* s, Py_ssize_t n, double* rows, Py_ssize_t cap,
-                            _BookFrame* f) noexcept nogil:
-    """0 when ``s[:n]`` is one book update in the strict form (read into ``f`` and
-    ``rows``), else -1."""
+cdef Py_ssize_t _one_event_frame(const char* s, Py_ssize_t n, double* rows, Py_ssize_t cap,
+                                 _Frame* f) noexcept nogil:
+    """0 when ``s[:n]`` is a notification of one book update or trade in the strict
+    form (read into ``f``, and levels into ``rows``), else -1."""
     cdef Py_ssize_t at, end, j
     cdef int seen = 0
     cdef int bit
@@ -858,9 +938,14 @@ cdef inline object _ascii(object last, const char* p, Py_ssize_t k):
     return PyUnicode_DecodeASCII(p, k, NULL)
 
 
-cdef class BookFrameReader:
-    """Reads a frame that is one ``OrderBookUpdate`` in the specification's form in a
-    single pass, levels included; None for any other frame (and any doubt).
+BOOK = _EV_BOOK
+TRADE = _EV_TRADE
+
+
+cdef class EventFrameReader:
+    """Reads a frame that is one ``OrderBookUpdate`` or one ``Trade`` in the
+    specification's form in a single pass, levels included; None for any other frame
+    (and any doubt).
 
     One per connection: it keeps the last query and market id to hand the same
     ``str`` objects back while they do not change.
@@ -870,10 +955,11 @@ cdef class BookFrameReader:
     cdef object _market
 
     def read(self, bytes frame, cnp.ndarray rows):
-        """``(id, query, market_id, timestamp_ns, sequence, is_snapshot, bids_at,
+        """``(BOOK, id, query, market_id, timestamp_ns, sequence, is_snapshot, bids_at,
         bids_end, asks_at, asks_end)`` with the levels in ``rows`` (a float64
-        ``(cap, 2)`` array), or None."""
-        cdef _BookFrame f
+        ``(cap, 2)`` array), ``(TRADE, id, query, market_id, timestamp_ns, price, size,
+        side, trade_id)``, or None."""
+        cdef _Frame f
         cdef int ok
         cdef const char* s = frame
         cdef Py_ssize_t n = len(frame)
@@ -881,10 +967,13 @@ cdef class BookFrameReader:
                 or cnp.PyArray_DIM(rows, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(rows)):
             raise TypeError("rows must be a C-contiguous float64 array of shape (cap, 2)")
         f.id_kind = 0
+        f.event = 0
+        f.seen = 0
         f.kind = 0
         f.used = 0
         with nogil:
-            ok = _book_frame(s, n, <double*>cnp.PyArray_DATA(rows), cnp.PyArray_DIM(rows, 0), &f)
+            ok = _one_event_frame(s, n, <double*>cnp.PyArray_DATA(rows),
+                                  cnp.PyArray_DIM(rows, 0), &f)
         if ok != 0:
             return None
         if f.id_kind == 1:
@@ -895,5 +984,13 @@ cdef class BookFrameReader:
             request_id = None
         self._query = _ascii(self._query, s + f.query_at, f.query_end - f.query_at)
         self._market = _ascii(self._market, s + f.market_at, f.market_end - f.market_at)
-        return (request_id, self._query, self._market, f.timestamp_ns, f.sequence,
-                f.kind != 2, f.bids_at, f.bids_end, f.asks_at, f.asks_end)
+        if f.event == _EV_BOOK:
+            return (_EV_BOOK, request_id, self._query, self._market, f.timestamp_ns,
+                    f.sequence, f.kind != 2, f.bids_at, f.bids_end, f.asks_at, f.asks_end)
+        if f.trade_id_kind == 2:
+            trade_id = PyUnicode_DecodeASCII(s + f.trade_id_at, f.trade_id_end - f.trade_id_at,
+                                             NULL)
+        else:
+            trade_id = str(f.trade_id_int)
+        return (_EV_TRADE, request_id, self._query, self._market, f.timestamp_ns, f.price,
+                f.size, f.side, trade_id)

@@ -55,8 +55,9 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from flashmm._core.wire import BOOK as ONE_BOOK
 from flashmm._core.wire import (
-    BookFrameReader,
+    EventFrameReader,
     LevelsFormatError,
     format_levels_fixed,
     max_levels,
@@ -412,13 +413,13 @@ class FrameDecoder:
     slices of that arena, valid until the next :meth:`decode` call on this decoder.
     """
 
-    __slots__ = ("_arena", "_decode", "_offset", "_read_book", "_views")
+    __slots__ = ("_arena", "_decode", "_offset", "_read_one", "_views")
 
     _views: list[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None]
 
     def __init__(self, arena_rows: int = 1024) -> None:
         self._decode = msgspec.json.Decoder(_Envelope).decode
-        self._read_book = BookFrameReader().read
+        self._read_one = EventFrameReader().read
         self._views = [None] * _VIEW_SLOTS
         self._arena = self._new_arena(max(int(arena_rows), 16))
         self._offset = 0
@@ -434,15 +435,18 @@ class FrameDecoder:
     def decode(self, frame: bytes | str) -> SubscribeAck | RpcResult | RpcError | Notification:
         """Decode one frame. Raises :class:`MalformedFrame` or :class:`InvalidEvent`."""
         if type(frame) is bytes:
-            # The common book frame in one pass; None leaves any other to msgspec.
-            book = self._read_book(frame, self._arena)
-            if book is not None:
-                rid, query, market, ts, seq, is_snapshot, b0, b1, a0, a1 = book
-                self._offset = b1 if b1 > a1 else a1
-                bids, asks = self._level_views(b0, b1, a0, a1)
-                return Notification(
-                    rid, query, [BookUpdate(market, ts, seq, is_snapshot, bids, asks)]
-                )
+            # One book update or trade in one pass; None leaves any other to msgspec.
+            one = self._read_one(frame, self._arena)
+            if one is not None:
+                if one[0] == ONE_BOOK:
+                    _, rid, query, market, ts, seq, is_snapshot, b0, b1, a0, a1 = one
+                    self._offset = b1 if b1 > a1 else a1
+                    bids, asks = self._level_views(b0, b1, a0, a1)
+                    event: Event = BookUpdate(market, ts, seq, is_snapshot, bids, asks)
+                else:
+                    _, rid, query, market, ts, price, size, side, trade_id = one
+                    event = Trade(market, ts, price, size, side, trade_id)
+                return Notification(rid, query, [event])
         try:
             env = self._decode(frame)
         except msgspec.ValidationError as exc:
