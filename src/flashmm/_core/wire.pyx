@@ -711,130 +711,139 @@ cdef Py_ssize_t _positive_decimal(const char* s, Py_ssize_t i, Py_ssize_t n,
     return j
 
 
-cdef Py_ssize_t _attributes(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                            Py_ssize_t cap, _Frame* f) noexcept nogil:
-    """The attributes of either event type, each at most once, into ``f``."""
+ctypedef Py_ssize_t (*_MemberValue)(const char* s, Py_ssize_t i, Py_ssize_t n,
+                                    Py_ssize_t at, Py_ssize_t end, double* rows,
+                                    Py_ssize_t cap, _Frame* f, int* bit) noexcept nogil
+
+
+cdef inline Py_ssize_t _object(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
+                               Py_ssize_t cap, _Frame* f, _MemberValue value,
+                               int* seen) noexcept nogil:
+    """A non-empty object at ``s[i]`` whose members ``value`` reads (key ``s[at:end]``,
+    value at ``s[i]``), each key at most once (``seen`` gets their bits): the index
+    after it, else -1."""
     cdef Py_ssize_t at, end, j
-    cdef uint64_t digits
-    cdef int bit
+    cdef int bit = 0
     cdef bint more = True
     i = _open(s, i, n)
     while more and i >= 0:
         i = _key(s, i, n, &at, &end)
         if i < 0:
             return -1
-        if _is(s, at, end, "bids", 4):
-            bit = _A_BIDS
-            j = _levels_at(s, i, n, rows, cap, f, &f.bids_at, &f.bids_end)
-        elif _is(s, at, end, "asks", 4):
-            bit = _A_ASKS
-            j = _levels_at(s, i, n, rows, cap, f, &f.asks_at, &f.asks_end)
-        elif _is(s, at, end, "market_id", 9):
-            bit = _A_MARKET
-            j = _plain_str(s, i, n)
-            if j < 0 or j - i == 2:  # an empty market id is the general decoder's error
-                return -1
-            f.market_at = i + 1
-            f.market_end = j - 1
-        elif _is(s, at, end, "timestamp", 9):
-            bit = _A_TIMESTAMP
-            j = _plain_str(s, i, n)
-            if j < 0 or _rfc3339(s + i + 1, j - i - 2, &f.timestamp_ns) != _TS_OK:
-                return -1
-        elif _is(s, at, end, "sequence", 8):
-            bit = _A_SEQUENCE
-            if i < n and s[i] == c'"':  # a string of digits, as the venue sends it
-                j = _plain_str(s, i, n)
-                if j < 0 or not 1 <= j - i - 2 <= _MAX_INT_DIGITS:
-                    return -1
-                digits = 0  # leading zeros are fine inside the string
-                if _digit_run(s, i + 1, n, &digits) != j - 1:
-                    return -1
-                f.sequence = <int64_t>digits
-            else:
-                j = _integer(s, i, n, False, &f.sequence)
-        elif _is(s, at, end, "kind", 4):
-            bit = _A_KIND
-            j = _plain_str(s, i, n)
-            if j < 0:
-                return -1
-            if _is(s, i + 1, j - 1, "delta", 5):
-                f.kind = 2
-            elif _is(s, i + 1, j - 1, "snapshot", 8):
-                f.kind = 1
-            else:
-                return -1
-        elif _is(s, at, end, "price", 5):
-            bit = _A_PRICE
-            j = _positive_decimal(s, i, n, &f.price)
-        elif _is(s, at, end, "size", 4):
-            bit = _A_SIZE
-            j = _positive_decimal(s, i, n, &f.size)
-        elif _is(s, at, end, "side", 4):
-            bit = _A_SIDE
-            j = _plain_str(s, i, n)
-            if j < 0:
-                return -1
-            if _is(s, i + 1, j - 1, "buy", 3):
-                f.side = 1
-            elif _is(s, i + 1, j - 1, "sell", 4):
-                f.side = -1
-            else:
-                return -1
-        elif _is(s, at, end, "trade_id", 8):
-            bit = _A_TRADE_ID
-            if i < n and s[i] == c'"':
-                j = _plain_str(s, i, n)
-                if j - i == 2:  # empty: the general decoder's error
-                    return -1
-                f.trade_id_kind = 2
-                f.trade_id_at = i + 1
-                f.trade_id_end = j - 1
-            else:
-                j = _integer(s, i, n, True, &f.trade_id_int)
-                f.trade_id_kind = 1
-        else:
+        j = value(s, i, n, at, end, rows, cap, f, &bit)
+        if j < 0 or seen[0] & bit:
             return -1
-        if j < 0 or f.seen & bit:
-            return -1
-        f.seen |= bit
+        seen[0] |= bit
         i = _after_member(s, j, n, &more)
     return i
 
 
-cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                       Py_ssize_t cap, _Frame* f) noexcept nogil:
-    cdef Py_ssize_t at, end, j
-    cdef int seen = 0
-    cdef int bit
-    cdef bint more = True
-    cdef bint ok
-    i = _open(s, i, n)
-    while more and i >= 0:
-        i = _key(s, i, n, &at, &end)
-        if i < 0:
+cdef Py_ssize_t _attribute(const char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t at,
+                           Py_ssize_t end, double* rows, Py_ssize_t cap, _Frame* f,
+                           int* bit) noexcept nogil:
+    """An attribute of either event type into ``f``."""
+    cdef Py_ssize_t j
+    cdef uint64_t digits
+    if _is(s, at, end, "bids", 4):
+        bit[0] = _A_BIDS
+        return _levels_at(s, i, n, rows, cap, f, &f.bids_at, &f.bids_end)
+    if _is(s, at, end, "asks", 4):
+        bit[0] = _A_ASKS
+        return _levels_at(s, i, n, rows, cap, f, &f.asks_at, &f.asks_end)
+    if _is(s, at, end, "market_id", 9):
+        bit[0] = _A_MARKET
+        j = _plain_str(s, i, n)
+        if j - i == 2:  # an empty market id is the general decoder's error
             return -1
-        if _is(s, at, end, "type", 4):
-            bit = 1
-            j = _plain_str(s, i, n)
-            if j < 0:
-                return -1
-            if _is(s, i + 1, j - 1, "OrderBookUpdate", 15):
-                f.event = _EV_BOOK
-            elif _is(s, i + 1, j - 1, "Trade", 5):
-                f.event = _EV_TRADE
-            else:
-                return -1
-        elif _is(s, at, end, "attributes", 10):
-            bit = 2
-            j = _attributes(s, i, n, rows, cap, f)
+        f.market_at = i + 1
+        f.market_end = j - 1
+        return j
+    if _is(s, at, end, "timestamp", 9):
+        bit[0] = _A_TIMESTAMP
+        j = _plain_str(s, i, n)
+        if j < 0 or _rfc3339(s + i + 1, j - i - 2, &f.timestamp_ns) != _TS_OK:
+            return -1
+        return j
+    if _is(s, at, end, "sequence", 8):
+        bit[0] = _A_SEQUENCE
+        if not (i < n and s[i] == c'"'):
+            return _integer(s, i, n, False, &f.sequence)
+        # a string of digits, as the venue sends it; leading zeros are fine there
+        j = _plain_str(s, i, n)
+        if j < 0 or not 1 <= j - i - 2 <= _MAX_INT_DIGITS:
+            return -1
+        digits = 0
+        if _digit_run(s, i + 1, n, &digits) != j - 1:
+            return -1
+        f.sequence = <int64_t>digits
+        return j
+    if _is(s, at, end, "kind", 4):
+        bit[0] = _A_KIND
+        j = _plain_str(s, i, n)
+        if j > 0 and _is(s, i + 1, j - 1, "delta", 5):
+            f.kind = 2
+        elif j > 0 and _is(s, i + 1, j - 1, "snapshot", 8):
+            f.kind = 1
         else:
             return -1
-        if j < 0 or seen & bit:
+        return j
+    if _is(s, at, end, "price", 5):
+        bit[0] = _A_PRICE
+        return _positive_decimal(s, i, n, &f.price)
+    if _is(s, at, end, "size", 4):
+        bit[0] = _A_SIZE
+        return _positive_decimal(s, i, n, &f.size)
+    if _is(s, at, end, "side", 4):
+        bit[0] = _A_SIDE
+        j = _plain_str(s, i, n)
+        if j > 0 and _is(s, i + 1, j - 1, "buy", 3):
+            f.side = 1
+        elif j > 0 and _is(s, i + 1, j - 1, "sell", 4):
+            f.side = -1
+        else:
             return -1
-        seen |= bit
-        i = _after_member(s, j, n, &more)
-    if seen != 3:
+        return j
+    if _is(s, at, end, "trade_id", 8):
+        bit[0] = _A_TRADE_ID
+        if not (i < n and s[i] == c'"'):
+            f.trade_id_kind = 1
+            return _integer(s, i, n, True, &f.trade_id_int)
+        j = _plain_str(s, i, n)
+        if j - i == 2:  # empty: the general decoder's error
+            return -1
+        f.trade_id_kind = 2
+        f.trade_id_at = i + 1
+        f.trade_id_end = j - 1
+        return j
+    return -1
+
+
+cdef Py_ssize_t _event_member(const char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t at,
+                              Py_ssize_t end, double* rows, Py_ssize_t cap, _Frame* f,
+                              int* bit) noexcept nogil:
+    cdef Py_ssize_t j
+    if _is(s, at, end, "type", 4):
+        bit[0] = 1
+        j = _plain_str(s, i, n)
+        if j > 0 and _is(s, i + 1, j - 1, "OrderBookUpdate", 15):
+            f.event = _EV_BOOK
+        elif j > 0 and _is(s, i + 1, j - 1, "Trade", 5):
+            f.event = _EV_TRADE
+        else:
+            return -1
+        return j
+    if _is(s, at, end, "attributes", 10):
+        bit[0] = 2
+        return _object(s, i, n, rows, cap, f, _attribute, &f.seen)
+    return -1
+
+
+cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
+                       Py_ssize_t cap, _Frame* f) noexcept nogil:
+    cdef int seen = 0
+    cdef bint ok
+    i = _object(s, i, n, rows, cap, f, _event_member, &seen)
+    if i < 0 or seen != 3:
         return -1
     # Attributes of the other type are ignored by the general decoder, not refused:
     # none may appear here, so that taking the frame never hides one.
@@ -845,84 +854,65 @@ cdef Py_ssize_t _event(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
     return i if ok else -1
 
 
-cdef Py_ssize_t _result(const char* s, Py_ssize_t i, Py_ssize_t n, double* rows,
-                        Py_ssize_t cap, _Frame* f) noexcept nogil:
-    cdef Py_ssize_t at, end, j
+cdef Py_ssize_t _result_member(const char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t at,
+                               Py_ssize_t end, double* rows, Py_ssize_t cap, _Frame* f,
+                               int* bit) noexcept nogil:
+    cdef Py_ssize_t j
+    if _is(s, at, end, "events", 6):
+        bit[0] = 1
+        # exactly one event: [ event ]
+        if i >= n or s[i] != c'[':
+            return -1
+        j = _event(s, _skip_ws(s, i + 1, n), n, rows, cap, f)
+        if j < 0:
+            return -1
+        j = _skip_ws(s, j, n)
+        return j + 1 if j < n and s[j] == c']' else -1
+    if _is(s, at, end, "query", 5):
+        bit[0] = 2
+        f.query_at = i + 1
+        j = _plain_str(s, i, n)
+        f.query_end = j - 1
+        return j
+    return -1
+
+
+cdef Py_ssize_t _envelope_member(const char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t at,
+                                 Py_ssize_t end, double* rows, Py_ssize_t cap, _Frame* f,
+                                 int* bit) noexcept nogil:
+    cdef Py_ssize_t j
     cdef int seen = 0
-    cdef int bit
-    cdef bint more = True
-    i = _open(s, i, n)
-    while more and i >= 0:
-        i = _key(s, i, n, &at, &end)
-        if i < 0:
-            return -1
-        if _is(s, at, end, "events", 6):
-            bit = 1
-            # exactly one event: [ event ]
-            if i >= n or s[i] != c'[':
-                return -1
-            j = _event(s, _skip_ws(s, i + 1, n), n, rows, cap, f)
-            if j < 0:
-                return -1
-            j = _skip_ws(s, j, n)
-            if j >= n or s[j] != c']':
-                return -1
-            j += 1
-        elif _is(s, at, end, "query", 5):
-            bit = 2
+    if _is(s, at, end, "jsonrpc", 7):
+        bit[0] = 1
+        j = _plain_str(s, i, n)
+        return j if j > 0 and _is(s, i + 1, j - 1, "2.0", 3) else -1
+    if _is(s, at, end, "result", 6):
+        bit[0] = 2
+        j = _object(s, i, n, rows, cap, f, _result_member, &seen)
+        return j if seen == 3 else -1
+    if _is(s, at, end, "id", 2):
+        bit[0] = 4
+        if i < n and s[i] == c'"':
+            f.id_kind = 2
+            f.id_at = i + 1
             j = _plain_str(s, i, n)
-            f.query_at = i + 1
-            f.query_end = j - 1
-        else:
-            return -1
-        if j < 0 or seen & bit:
-            return -1
-        seen |= bit
-        i = _after_member(s, j, n, &more)
-    return i if seen == 3 else -1
+            f.id_end = j - 1
+            return j
+        if i + 4 <= n and memcmp(s + i, "null", 4) == 0:
+            f.id_kind = 0
+            return i + 4
+        f.id_kind = 1
+        return _integer(s, i, n, True, &f.id_int)
+    return -1
 
 
 cdef Py_ssize_t _one_event_frame(const char* s, Py_ssize_t n, double* rows, Py_ssize_t cap,
                                  _Frame* f) noexcept nogil:
     """0 when ``s[:n]`` is a notification of one book update or trade in the strict
     form (read into ``f``, and levels into ``rows``), else -1."""
-    cdef Py_ssize_t at, end, j
     cdef int seen = 0
-    cdef int bit
-    cdef bint more = True
-    cdef Py_ssize_t i = _open(s, _skip_ws(s, 0, n), n)
-    while more and i >= 0:
-        i = _key(s, i, n, &at, &end)
-        if i < 0:
-            return -1
-        if _is(s, at, end, "jsonrpc", 7):
-            bit = 1
-            j = _plain_str(s, i, n)
-            if j < 0 or not _is(s, i + 1, j - 1, "2.0", 3):
-                return -1
-        elif _is(s, at, end, "result", 6):
-            bit = 2
-            j = _result(s, i, n, rows, cap, f)
-        elif _is(s, at, end, "id", 2):
-            bit = 4
-            if i < n and s[i] == c'"':
-                j = _plain_str(s, i, n)
-                f.id_kind = 2
-                f.id_at = i + 1
-                f.id_end = j - 1
-            elif i + 4 <= n and memcmp(s + i, "null", 4) == 0:
-                j = i + 4
-                f.id_kind = 0
-            else:
-                j = _integer(s, i, n, True, &f.id_int)
-                f.id_kind = 1
-        else:
-            return -1
-        if j < 0 or seen & bit:
-            return -1
-        seen |= bit
-        i = _after_member(s, j, n, &more)
-    if i < 0 or (seen & 3) != 3:
+    cdef Py_ssize_t i = _object(s, _skip_ws(s, 0, n), n, rows, cap, f, _envelope_member, &seen)
+    if i < 0 or (seen & 3) != 3:  # jsonrpc and result; the id may be absent
         return -1
     return 0 if _skip_ws(s, i, n) == n else -1
 
