@@ -272,6 +272,22 @@ cdef inline Py_ssize_t _parse_plain(const char* s, Py_ssize_t n, double* out, Py
     return count if stop == n else -1
 
 
+cdef inline bint _is_rows(cnp.ndarray a) noexcept:
+    """``a`` is a C-contiguous float64 ``(n, 2)`` array."""
+    return (cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT64 and cnp.PyArray_NDIM(a) == 2
+            and cnp.PyArray_DIM(a, 1) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef double* _rows_from(cnp.ndarray out, Py_ssize_t offset, Py_ssize_t* cap) except NULL:
+    """Row ``offset`` of a level buffer, and the rows free from there (into ``cap``)."""
+    if not _is_rows(out):
+        raise TypeError("out must be a C-contiguous float64 array of shape (cap, 2)")
+    cap[0] = cnp.PyArray_DIM(out, 0) - offset
+    if offset < 0 or cap[0] < 0:
+        raise ValueError("offset outside the buffer")
+    return <double*>cnp.PyArray_DATA(out) + 2 * offset
+
+
 def max_levels(str text):
     """An upper bound on the levels ``text`` can hold (each needs at least 5 characters)."""
     return len(text) // 5 + 1
@@ -287,13 +303,8 @@ def parse_levels(str text, cnp.ndarray out, Py_ssize_t offset=0):
     cdef Py_ssize_t n = 0
     cdef Py_ssize_t err_pos = -1
     cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
-    if (cnp.PyArray_TYPE(out) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(out) != 2
-            or cnp.PyArray_DIM(out, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(out)):
-        raise TypeError("out must be a C-contiguous float64 array of shape (cap, 2)")
-    cdef Py_ssize_t cap = cnp.PyArray_DIM(out, 0) - offset
-    if offset < 0 or cap < 0:
-        raise ValueError("offset outside the buffer")
-    cdef double* base = <double*>cnp.PyArray_DATA(out) + 2 * offset
+    cdef Py_ssize_t cap
+    cdef double* base = _rows_from(out, offset, &cap)
     cdef Py_ssize_t count
     with nogil:
         count = _parse(s, n, base, cap, &err_pos, False)
@@ -322,13 +333,8 @@ def parse_levels_json(object raw, cnp.ndarray out, Py_ssize_t offset=0):
     cdef Py_buffer view
     cdef Py_ssize_t err_pos = -1
     cdef Py_ssize_t count = -1
-    if (cnp.PyArray_TYPE(out) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(out) != 2
-            or cnp.PyArray_DIM(out, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(out)):
-        raise TypeError("out must be a C-contiguous float64 array of shape (cap, 2)")
-    cdef Py_ssize_t cap = cnp.PyArray_DIM(out, 0) - offset
-    if offset < 0 or cap < 0:
-        raise ValueError("offset outside the buffer")
-    cdef double* base = <double*>cnp.PyArray_DATA(out) + 2 * offset
+    cdef Py_ssize_t cap
+    cdef double* base = _rows_from(out, offset, &cap)
     PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
     cdef const char* s = <const char*>view.buf
     cdef Py_ssize_t n = view.len
@@ -508,8 +514,7 @@ def format_levels_fixed(cnp.ndarray rows, int price_decimals, int size_decimals)
     for a non-finite value, a price that rounds to <= 0, a negative size, or a value
     too large to round exactly (``|x| * 10**decimals >= 2**53``).
     """
-    if (cnp.PyArray_TYPE(rows) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(rows) != 2
-            or cnp.PyArray_DIM(rows, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(rows)):
+    if not _is_rows(rows):
         raise TypeError("rows must be a C-contiguous float64 array of shape (n, 2)")
     if not (0 <= price_decimals <= 18 and 0 <= size_decimals <= 18):
         raise ValueError("decimals must be in [0, 18]")
@@ -554,7 +559,7 @@ def format_levels_fixed(cnp.ndarray rows, int price_decimals, int size_decimals)
             f"or rounds to an invalid value with {price_decimals if bad == 1 else size_decimals} "
             "decimals"
         )
-    return out[:j].decode("ascii")
+    return PyUnicode_DecodeASCII(buf, j, NULL)
 
 
 # ---------------------------------------------------------------- one-event frames
@@ -953,8 +958,7 @@ cdef class EventFrameReader:
         cdef int ok
         cdef const char* s = frame
         cdef Py_ssize_t n = len(frame)
-        if (cnp.PyArray_TYPE(rows) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(rows) != 2
-                or cnp.PyArray_DIM(rows, 1) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(rows)):
+        if not _is_rows(rows):
             raise TypeError("rows must be a C-contiguous float64 array of shape (cap, 2)")
         f.id_kind = 0
         f.event = 0

@@ -420,8 +420,7 @@ class FrameDecoder:
     def __init__(self, arena_rows: int = 1024) -> None:
         self._decode = msgspec.json.Decoder(_Envelope).decode
         self._read_one = EventFrameReader().read
-        self._views = [None] * _VIEW_SLOTS
-        self._arena = self._new_arena(max(int(arena_rows), 16))
+        self._new_arena(max(int(arena_rows), 16))
         self._offset = 0
 
     def _new_arena(self, rows: int) -> np.ndarray:
@@ -440,7 +439,6 @@ class FrameDecoder:
             if one is not None:
                 if one[0] == ONE_BOOK:
                     _, rid, query, market, ts, seq, is_snapshot, b0, b1, a0, a1 = one
-                    self._offset = b1 if b1 > a1 else a1
                     bids, asks = self._level_views(b0, b1, a0, a1)
                     event: Event = BookUpdate(market, ts, seq, is_snapshot, bids, asks)
                 else:

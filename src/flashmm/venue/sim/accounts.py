@@ -420,7 +420,7 @@ class Ledger:
         return Decimal(0) if lock is None else lock.per_lot * lock.lots
 
     @_exact
-    def settle(self, fill: Fill, market: MarketSpec, fees: FeeSchedule | None = None) -> Decimal:
+    def settle(self, fill: Fill, market: MarketSpec) -> Decimal:
         """Book one fill: move base and quote, charge the fee in quote, release the filled
         part of the order's lock, update the position. Returns the fee (negative: rebate).
 
@@ -429,7 +429,6 @@ class Ledger:
         """
         account = fill.account
         self._account(account)
-        schedule = self.fees if fees is None else fees
         base, quote = market.base.symbol, market.quote.symbol
         self._asset(base)
         self._asset(quote)
@@ -438,7 +437,7 @@ class Ledger:
         if fill.size_lots <= 0 or fill.price_ticks <= 0:
             raise SettlementError(f"fill of order {fill.order_id}: price and size must be > 0")
         notional = market.notional(fill.price_ticks, fill.size_lots)
-        fee = _ceil(notional * schedule.rate(fill.liquidity) / _BPS, market.quote)
+        fee = _ceil(notional * self.fees.rate(fill.liquidity) / _BPS, market.quote)
         size = market.size(fill.size_lots)
 
         lock = self._locks.get((market.market_id, fill.order_id))

@@ -122,14 +122,9 @@ class StreamGap(Exception):
 @dataclass(slots=True, eq=False)
 class _OrderRecord:
     order_id: str
-    number: int
-    market_id: str
     request: OrderRequest
-    side: int
-    price_ticks: int
     size_lots: int
     created: str
-    filled_lots: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -203,7 +198,6 @@ class Exchange:
         fees = FeeSchedule(Decimal(str(config.fees.maker_bps)), Decimal(str(config.fees.taker_bps)))
         self.ledger = Ledger(list(assets.values()), fees)
         self.accounts: dict[str, Account] = {}
-        self._by_address: dict[str, Account] = {}
         for a in config.accounts:
             account = Account(a.name, a.api_key, a.address, config.server.stream_journal_events)
             try:
@@ -215,7 +209,6 @@ class Exchange:
             except InvalidSpec as exc:
                 raise SimConfigError(f"account {a.name}: {exc}") from None
             self.accounts[a.api_key] = account
-            self._by_address[a.address] = account
         for market in self.markets.values():
             if market.config.status != "open":
                 self._set_status(market, market.config.status)
@@ -283,16 +276,7 @@ class Exchange:
         except InsufficientBalance as exc:
             raise OrderError(ErrorCode.INSUFFICIENT_BALANCE, str(exc), exc.details) from None
         number = next(self._numbers)
-        record = _OrderRecord(
-            str(number),
-            number,
-            market.market_id,
-            req,
-            side,
-            price_ticks,
-            size_lots,
-            format_rfc3339_ns(self.clock()),
-        )
+        record = _OrderRecord(str(number), req, size_lots, format_rfc3339_ns(self.clock()))
         account.orders[req.client_order_id] = record
         self._orders[record.order_id] = (market, account, number)
         if self._reject_next:
@@ -502,7 +486,6 @@ class Exchange:
                 )
             elif kind is Fill:
                 fee = self.ledger.settle(ev, spec)
-                record.filled_lots += ev.size_lots
                 self._emit(
                     account,
                     ExecutionReport(
@@ -515,7 +498,9 @@ class Exchange:
                         side=_SIDE_NAME[ev.side],
                         price=from_units(ev.price_ticks, spec.tick_size),
                         quantity=from_units(ev.size_lots, spec.lot_size),
-                        cumulative_quantity=from_units(record.filled_lots, spec.lot_size),
+                        cumulative_quantity=from_units(
+                            record.size_lots - ev.remaining_lots, spec.lot_size
+                        ),
                         remaining_quantity=from_units(ev.remaining_lots, spec.lot_size),
                         liquidity_type=ev.liquidity,
                         fee=decimal_text(fee),

@@ -8,7 +8,7 @@ exchange applies it, logs it and counts it, so tests can assert the engine's rea
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -108,17 +108,7 @@ Fault = (
 
 _TYPES: dict[str, type[_Fault]] = {
     t.__struct_config__.tag: t  # type: ignore[misc]
-    for t in (
-        DropConnections,
-        SkipSequence,
-        SendCrossedFrame,
-        SendMalformedFrame,
-        DelayFrames,
-        StallFeed,
-        RateLimitBurst,
-        RejectOrders,
-        HaltMarket,
-    )
+    for t in get_args(Fault)
 }
 FAULT_NAMES: tuple[str, ...] = tuple(_TYPES)
 

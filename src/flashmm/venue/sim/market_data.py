@@ -215,16 +215,10 @@ class MarketDataServer:
     async def close(self) -> None:
         if self._drain_handle is not None:
             self._drain_handle.cancel()
-        for client in list(self._clients):
-            if client.transport is not None:
-                client.transport.disconnect(graceful=False)
+        self.drop_connections()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-
-    @property
-    def client_count(self) -> int:
-        return len(self._clients)
 
     # ----------------------------------------------------------------- requests
     def _on_request(self, client: _Client, payload: bytes) -> None:
@@ -264,8 +258,7 @@ class MarketDataServer:
                 self._send_snapshot(sub, market_id)
             elif event_type == "MarketStatus":  # what it is now, then every change
                 status = MarketStatus(market_id, self.market_status(market_id))
-                events = encode_events([status])
-                self._emit(client, encode_notification_raw(sub.request_id, sub.query, events))
+                self._broadcast(market_id, [sub], [status])
         else:
             sub = client.subscriptions.pop(query, None)
             if sub is None:
@@ -282,14 +275,10 @@ class MarketDataServer:
 
     def _send_snapshot(self, sub: _Subscription, market_id: str) -> None:
         state = self.book_state(market_id)
-        fmt = self.markets[market_id]
         update = BookUpdate(
             market_id, state.timestamp_ns, state.sequence, True, state.bids, state.asks
         )
-        events = encode_events(
-            [update], price_decimals=fmt.price_decimals, size_decimals=fmt.size_decimals
-        )
-        self._emit(sub.client, encode_notification_raw(sub.request_id, sub.query, events))
+        self._broadcast(market_id, [sub], [update])
 
     def _forget(self, client: _Client) -> None:
         self._clients.discard(client)
@@ -324,13 +313,6 @@ class MarketDataServer:
         topic = self._topics[("MarketStatus", market_id)]
         if topic:
             self._broadcast(market_id, topic, [MarketStatus(market_id, status)])
-
-    def publish_raw(self, event_type: str, market_id: str, events_json: bytes) -> int:
-        """Send an ``events`` list as it is (fault injection: crossed or malformed frames)."""
-        topic = self._topics[(event_type, market_id)]
-        for sub in topic:
-            self._emit(sub.client, encode_notification_raw(sub.request_id, sub.query, events_json))
-        return len(topic)
 
     def send_garbage(self, frame: bytes) -> int:
         """Send ``frame`` verbatim to every client (fault injection)."""
@@ -368,10 +350,6 @@ class MarketDataServer:
         """Hold every frame for ``seconds`` while sockets stay open; then send the backlog."""
         self._stalled_until = time.monotonic() + max(0.0, float(seconds))
         self._schedule_drain()
-
-    @property
-    def held_frames(self) -> int:
-        return len(self._held)
 
     def _hold(self, client: _Client, frame: bytes) -> None:
         self._held.append((time.monotonic() + self._delay_s, client, frame))

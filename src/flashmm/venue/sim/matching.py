@@ -437,17 +437,7 @@ class MatchingBook:
         self, side: int, price_ticks: int, size_lots: int, ts: int
     ) -> list[Event]:
         """Set the recorded size at a level (0 removes it); fills client orders it crosses."""
-        _check_side(side, InvalidMarketData)
-        _check_level(price_ticks, size_lots)
-        book_side = self._side(side)
-        if size_lots == 0 and price_ticks not in book_side.levels:
-            return []
-        level = book_side.level(price_ticks)
-        self._set_outside(book_side, level, size_lots)
-        events: list[Event] = []
-        if size_lots and self._open and not self._halted:
-            self._cross_outside(book_side, level, ts, events)
-        return events
+        return self.set_outside_levels([(side, price_ticks, size_lots)], ts)
 
     def set_outside_levels(self, levels: Iterable[tuple[int, int, int]], ts: int) -> list[Event]:
         """One recorded delta: :meth:`set_outside_level` for each ``(side, price, size)``,
