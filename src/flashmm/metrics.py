@@ -268,6 +268,9 @@ class _StageLatencyCollector(Collector):
         self.recent: dict[str, deque[int]] = {
             s: deque(maxlen=RECENT_SAMPLES) for s in LATENCY_STAGES
         }
+        # Their percentiles, kept until the next fold: the publisher asks at every flush,
+        # more often than the samples change.
+        self._recent_ms: dict[str, float] | None = None
 
     def fold(
         self,
@@ -288,12 +291,26 @@ class _StageLatencyCollector(Collector):
         rows = [_STAGE_INDEX[stage] for stage in stages]
         for k, stage in enumerate(stages):
             self.recent[stage].extend(durations_ns[:, k].tolist())
+        self._recent_ms = None
         with self._lock:
             self._counts[rows] += counts
             for row, total in zip(rows, sums, strict=True):
                 self._sums_ns[row] += total
             self._invalid[ring] += invalid
             self._overwritten[ring] = overwritten
+
+    def recent_ms(self) -> dict[str, float]:
+        """p50/p95/p99 of each stage over :attr:`recent`, in ms (a new dict each call)."""
+        if self._recent_ms is None:
+            out: dict[str, float] = {}
+            for stage, samples in self.recent.items():
+                if samples:
+                    p50, p95, p99 = np.percentile(np.fromiter(samples, np.int64), (50, 95, 99))
+                    out[f"{stage}_p50"] = round(float(p50) / 1e6, 4)
+                    out[f"{stage}_p95"] = round(float(p95) / 1e6, 4)
+                    out[f"{stage}_p99"] = round(float(p99) / 1e6, 4)
+            self._recent_ms = out
+        return dict(self._recent_ms)
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(
@@ -544,14 +561,7 @@ class EngineMetrics:
 
     def recent_latency_ms(self) -> dict[str, float]:
         """p50/p95/p99 of each stage over its latest samples, in ms: ``{"decided_p95": ...}``."""
-        out: dict[str, float] = {}
-        for stage, samples in self._latency.recent.items():
-            if samples:
-                p50, p95, p99 = np.percentile(np.fromiter(samples, np.int64), (50, 95, 99))
-                out[f"{stage}_p50"] = round(float(p50) / 1e6, 4)
-                out[f"{stage}_p95"] = round(float(p95) / 1e6, 4)
-                out[f"{stage}_p99"] = round(float(p99) / 1e6, 4)
-        return out
+        return self._latency.recent_ms()
 
     def update_quote_uptime(self, now_ns: int) -> None:
         """Set ``flashmm_quote_uptime_ratio`` of every pair :attr:`uptime` has seen, at

@@ -23,8 +23,7 @@ from typing import Final
 import msgspec
 import redis.exceptions
 
-from flashmm.api._clock import now_ns
-from flashmm.api._state import EngineView, StateReader, unavailable
+from flashmm.api._state import EngineView, StateReader, require_available
 from flashmm.state.schema import EngineState, MarketSnapshot
 
 __all__ = ["REFRESH_S", "STALE_AFTER_S", "CacheSettings", "StateCache", "StateRead"]
@@ -90,10 +89,6 @@ class StateCache:
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Lock()
 
-    @property
-    def heartbeat_timeout_s(self) -> float:
-        return self._reader.heartbeat_timeout_s
-
     # ------------------------------------------------------------------ reading
     async def current(self) -> StateRead:
         """The latest read; a Redis error if Redis has not answered lately."""
@@ -124,19 +119,12 @@ class StateCache:
         return self.view(read)
 
     def view(self, read: StateRead) -> EngineView:
-        if read.state is None:
-            return EngineView(
-                state=None, available=False, reason=read.problem, heartbeat_age_s=None
-            )
-        return self._reader.judge(read.state, now_ns())
+        return self._reader.view(read.state, read.problem)
 
     async def require_engine(self) -> tuple[EngineState, StateRead]:
         """The available engine's state and the read it came from; 503 saying why if none."""
         read = await self.current()
-        view = self.view(read)
-        if not view.available or view.state is None:
-            raise unavailable(view)
-        return view.state, read
+        return require_available(self.view(read)), read
 
     # ------------------------------------------------------------------ refreshing
     async def start(self) -> None:

@@ -28,6 +28,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from flashmm.api._clock import rfc3339, rfc3339_now
 from flashmm.api._context import ApiContext
+from flashmm.api._errors import close_websocket
 from flashmm.api._hub import Subscriber
 from flashmm.api._state import HistoryEntry
 from flashmm.api._views import (
@@ -42,7 +43,6 @@ from flashmm.api._wsgate import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,
     admit,
-    close_with,
     failure_reason,
 )
 from flashmm.state.keys import LIVE_CHANNELS, LiveChannel
@@ -234,7 +234,7 @@ async def run_session(
         return  # the client left
     with contextlib.suppress(Exception):
         # a client that stopped reading may never take the close frame: do not wait forever
-        await asyncio.wait_for(close_with(websocket, code, reason), _CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(close_websocket(websocket, code, reason), _CLOSE_TIMEOUT_S)
 
 
 async def live_metrics(websocket: WebSocket, ctx: ApiContext) -> None:
@@ -267,7 +267,7 @@ async def hub_session(
         log.warning("WebSocket closed, Redis does not answer: %r", exc)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
-                close_with(websocket, CLOSE_INTERNAL_ERROR, failure_reason(exc)),
+                close_websocket(websocket, CLOSE_INTERNAL_ERROR, failure_reason(exc)),
                 _CLOSE_TIMEOUT_S,
             )
     finally:

@@ -101,9 +101,6 @@ class RateLimiter:
         self._lease_script = redis.register_script(_LEASE)
         self._leases: dict[tuple[Group, str], _Lease] = {}
 
-    def describe(self, group: Group) -> str:
-        return str(self._items[group])
-
     def take_held(self, group: Group, client: str) -> bool:
         """Count one request if this process holds a token for it; False (nothing counted)
         when answering would need Redis or a refusal."""

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from flashmm.api._clock import now_ns
 from flashmm.api._errors import ApiError
+from flashmm.engine.records import LIVE_STATES
 from flashmm.state.keys import Keys, LiveChannel
 from flashmm.state.schema import (
     EngineState,
@@ -29,19 +30,18 @@ from flashmm.state.schema import (
 )
 
 __all__ = [
-    "ACTIVE_ORDER_STATES",
     "EngineView",
     "HistoryEntry",
     "OrderFilter",
     "StateReader",
     "order_status",
+    "require_available",
     "unavailable",
 ]
 
 log = logging.getLogger("flashmm.api")
 
 OrderFilter = Literal["active", "filled", "cancelled", "rejected"]
-ACTIVE_ORDER_STATES = frozenset({"pending_new", "open", "partially_filled", "pending_cancel"})
 _PAGE = 500
 _MAX_ORDER_SCAN = 50_000
 """Order history entries read at most to find the live orders (newest first)."""
@@ -49,7 +49,7 @@ _MAX_ORDER_SCAN = 50_000
 
 def order_status(engine_state: str) -> OrderFilter:
     """The API's four order statuses from the engine's eight order states."""
-    if engine_state in ACTIVE_ORDER_STATES:
+    if engine_state in LIVE_STATES:  # OrderState is a StrEnum: its names match
         return "active"
     if engine_state == "filled":
         return "filled"
@@ -80,6 +80,13 @@ def unavailable(view: EngineView) -> ApiError:
     if view.heartbeat_age_s is not None:
         details["heartbeat_age_s"] = round(view.heartbeat_age_s, 3)
     return ApiError(503, "ENGINE_UNAVAILABLE", view.reason, details)
+
+
+def require_available(view: EngineView) -> EngineState:
+    """The state of ``view``; :func:`unavailable` raised if the engine is unavailable."""
+    if not view.available or view.state is None:
+        raise unavailable(view)
+    return view.state
 
 
 def _text(value: bytes | str) -> str:
@@ -126,6 +133,12 @@ class StateReader:
         except msgspec.DecodeError as exc:
             return None, f"the engine state in Redis cannot be read: {exc}"
 
+    def view(self, state: EngineState | None, problem: str) -> EngineView:
+        """``state`` (or ``problem``, why there is none) judged as of now."""
+        if state is None:
+            return EngineView(state=None, available=False, reason=problem, heartbeat_age_s=None)
+        return self.judge(state, now_ns())
+
     def judge(self, state: EngineState, at_ns: int) -> EngineView:
         """Whether ``state`` counts as an available engine at ``at_ns`` (heartbeat age)."""
         age = max(0.0, (at_ns - state.heartbeat_ns) / 1e9)
@@ -161,17 +174,11 @@ class StateReader:
     async def engine(self) -> EngineView:
         """The engine state read from Redis now (the cache serves requests; this is for
         the few that must not act on a state up to one refresh old)."""
-        state, problem = self.decode_engine(await self.redis.get(self.keys.engine))
-        if state is None:
-            return EngineView(state=None, available=False, reason=problem, heartbeat_age_s=None)
-        return self.judge(state, now_ns())
+        return self.view(*self.decode_engine(await self.redis.get(self.keys.engine)))
 
     async def require_engine(self) -> EngineState:
         """The engine state; 503 ``ENGINE_UNAVAILABLE`` saying why if it is unavailable."""
-        view = await self.engine()
-        if not view.available or view.state is None:
-            raise unavailable(view)
-        return view.state
+        return require_available(await self.engine())
 
     # ------------------------------------------------------------------ histories
     @staticmethod

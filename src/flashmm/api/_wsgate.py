@@ -26,7 +26,6 @@ __all__ = [
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_UNAUTHORIZED",
     "admit",
-    "close_with",
     "failure_reason",
 ]
 
@@ -36,8 +35,6 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
-
-close_with = close_websocket
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -66,10 +63,10 @@ async def admit(websocket: WebSocket, ctx: ApiContext) -> tuple[Principal, str] 
         ctx.verifier.require(principal, "read")
     except ApiError as exc:
         code = CLOSE_UNAUTHORIZED if exc.status_code == 401 else CLOSE_FORBIDDEN
-        await close_with(websocket, code, f"{exc.code}: {exc.message}")
+        await close_websocket(websocket, code, f"{exc.code}: {exc.message}")
         return None
     if not _origin_allowed(websocket, ctx.config.api.cors_origins):
-        await close_with(
+        await close_websocket(
             websocket, CLOSE_FORBIDDEN, "ORIGIN_NOT_ALLOWED: add it to api.cors_origins"
         )
         return None
@@ -78,10 +75,10 @@ async def admit(websocket: WebSocket, ctx: ApiContext) -> tuple[Principal, str] 
         slot = await ctx.ws_slots.acquire(client)
     except redis.exceptions.RedisError as exc:
         log.warning("WebSocket refused, Redis does not answer: %r", exc)
-        await close_with(websocket, CLOSE_INTERNAL_ERROR, failure_reason(exc))
+        await close_websocket(websocket, CLOSE_INTERNAL_ERROR, failure_reason(exc))
         return None
     if slot is None:
-        await close_with(
+        await close_websocket(
             websocket,
             CLOSE_TRY_AGAIN_LATER,
             f"TOO_MANY_CONNECTIONS: at most {ctx.ws_slots.max_per_ip} per address",

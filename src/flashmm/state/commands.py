@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, get_args
 
 import msgspec
 from redis.exceptions import RedisError
@@ -34,6 +34,7 @@ from flashmm.state.schema import (
     EmergencyStopCommand,
     PauseCommand,
     ResumeCommand,
+    _schema_probe,
     decode_command,
     decode_command_result,
     encode,
@@ -46,10 +47,9 @@ __all__ = ["CommandReader", "CommandSettings", "CommandTarget"]
 
 log = logging.getLogger("flashmm.commands")
 
-_KINDS: frozenset[str] = frozenset(("pause", "resume", "emergency_stop"))
+_KINDS: frozenset[str] = frozenset(get_args(CommandKind))
 _CLAIMED = b"executing"  # the done key's value between the claim and the result
 _SOURCE = "command"
-_probe = msgspec.msgpack.Decoder(dict[str, object])
 
 
 class CommandSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -226,7 +226,7 @@ class CommandReader:
         fields: dict[str, object] = {}
         if data is not None:
             with contextlib.suppress(msgspec.DecodeError):
-                fields = _probe.decode(data)
+                fields = _schema_probe.decode(data)
         ident, kind = fields.get("id"), fields.get("type")
         if not isinstance(ident, str) or not ident or kind not in _KINDS:
             log.warning("skipped a command entry that is not a command (no id or kind): %s", exc)

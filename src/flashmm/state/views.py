@@ -548,12 +548,29 @@ def market_data_event(engine: Engine, market_id: str, now_ns: int) -> MarketData
 
 
 def market_snapshot(
-    engine: Engine, market_id: str, now_ns: int, *, daily_pnl: float = 0.0, orders_placed: int = 0
+    engine: Engine,
+    market_id: str,
+    now_ns: int,
+    *,
+    daily_pnl: float = 0.0,
+    orders_placed: int = 0,
+    top: MarketDataEvent | None = None,
+    quote: QuoteEvent | None = None,
+    position: PositionEvent | None = None,
 ) -> MarketSnapshot:
-    """One market's latest state, with the reasons it is not quoting."""
+    """One market's latest state, with the reasons it is not quoting.
+
+    ``top``, ``quote`` and ``position``: the market's events at ``now_ns``, when the
+    caller has built them already (built here otherwise). The snapshot holds ``quote``
+    and ``position`` themselves, not copies.
+    """
     m = engine.markets[market_id]
-    top = market_data_event(engine, market_id, now_ns)
-    quote = quote_event(engine, market_id, now_ns)
+    if top is None:
+        top = market_data_event(engine, market_id, now_ns)
+    if quote is None:
+        quote = quote_event(engine, market_id, now_ns)
+    if position is None:
+        position = position_event(engine, market_id, now_ns)
     quoting, not_quoting = quote_status(engine, market_id, now_ns)
     stale_s = engine.feed.staleness_s(market_id)
     last_quote = max(
@@ -579,7 +596,7 @@ def market_snapshot(
         quoting=quoting,
         not_quoting=not_quoting,
         rate_budget_left=float(rate_budget_left(engine.orders, market_id, now_ns)),
-        position=position_event(engine, market_id, now_ns),
+        position=position,
         open_orders=len(engine.orders.working[market_id]),
         orders_placed=orders_placed,
         fills=engine.portfolio.position(market_id).fills,
@@ -670,11 +687,22 @@ class EngineView:
         self, now_ns: int, *, keys: Keys, dropped: dict[str, int], stopping: bool
     ) -> Collected:
         self._observe(now_ns)
-        return Collected(
-            state=self.engine_state(now_ns, dropped=dropped, stopping=stopping),
-            snapshots=[self.snapshot(m, now_ns) for m in self.engine.markets],
-            changes=self._changes(now_ns, keys),
-        )
+        state = self.engine_state(now_ns, dropped=dropped, stopping=stopping)
+        snapshots: list[MarketSnapshot] = []
+        changes: list[PeriodicEvent] = []
+        for market_id in self.engine.markets:
+            # Built once for both the snapshot and the events (the 24 h volume is a loop).
+            top = market_data_event(self.engine, market_id, now_ns)
+            quote = quote_event(self.engine, market_id, now_ns)
+            position = position_event(self.engine, market_id, now_ns)
+            snapshots.append(
+                self.snapshot(market_id, now_ns, top=top, quote=quote, position=position)
+            )
+            # The publisher numbers a published position event (its seq) before it encodes
+            # the snapshots, which hold theirs unnumbered: the event gets its own copy.
+            # The snapshot copies top's fields, and quotes are never numbered: both shared.
+            changes += self._changes(market_id, keys, top, quote, msgspec.structs.replace(position))
+        return Collected(state=state, snapshots=snapshots, changes=changes)
 
     def commit(self, changes: list[PeriodicEvent]) -> None:
         """``changes`` reached Redis: later ones are compared with them."""
@@ -704,7 +732,15 @@ class EngineView:
             dropped=dropped,
         )
 
-    def snapshot(self, market_id: str, now_ns: int) -> MarketSnapshot:
+    def snapshot(
+        self,
+        market_id: str,
+        now_ns: int,
+        *,
+        top: MarketDataEvent | None = None,
+        quote: QuoteEvent | None = None,
+        position: PositionEvent | None = None,
+    ) -> MarketSnapshot:
         pos = self.engine.portfolio.position(market_id)
         return market_snapshot(
             self.engine,
@@ -712,6 +748,9 @@ class EngineView:
             now_ns,
             daily_pnl=self.pnl.market_daily(market_id, pos.net_pnl),
             orders_placed=self.orders_placed.get(market_id, 0),
+            top=top,
+            quote=quote,
+            position=position,
         )
 
     def _status(self, stopping: bool) -> str:
@@ -747,31 +786,35 @@ class EngineView:
             self._rate = (decisions - count) * _NS_PER_S / (now_ns - since)
             self._rate_anchor = (now_ns, decisions)
 
-    def _changes(self, now_ns: int, keys: Keys) -> list[PeriodicEvent]:
+    def _changes(
+        self,
+        market_id: str,
+        keys: Keys,
+        top: MarketDataEvent,
+        quote: QuoteEvent,
+        position: PositionEvent,
+    ) -> list[PeriodicEvent]:
+        """The market's periodic events that changed since they were last published."""
         out: list[PeriodicEvent] = []
-        for market_id in self.engine.markets:
-            candidates: list[tuple[str, LiveChannel | None, str, Event | None]] = [
-                ("trading", "trading", keys.channel("market_data", market_id),
-                 market_data_event(self.engine, market_id, now_ns)),
-                ("positions", "positions", keys.channel("positions", market_id),
-                 position_event(self.engine, market_id, now_ns)),
-                ("predictions", "predictions", keys.channel("predictions", market_id),
-                 prediction_event(self.engine, market_id)),
-                ("quotes", None, keys.channel("quotes", market_id),
-                 quote_event(self.engine, market_id, now_ns)),
-            ]  # fmt: skip
-            for kind, live, channel, event in candidates:
-                if event is None:
-                    continue
-                key = (kind, market_id)
-                old = self._published.get(key)
-                if old is not None:
-                    if isinstance(old, PredictionEvent) and isinstance(event, PredictionEvent):
-                        if not _prediction_moved(old, event):
-                            continue
-                    elif _same_but_time(old, event):
+        candidates: list[tuple[str, LiveChannel | None, str, Event | None]] = [
+            ("trading", "trading", keys.channel("market_data", market_id), top),
+            ("positions", "positions", keys.channel("positions", market_id), position),
+            ("predictions", "predictions", keys.channel("predictions", market_id),
+             prediction_event(self.engine, market_id)),
+            ("quotes", None, keys.channel("quotes", market_id), quote),
+        ]  # fmt: skip
+        for kind, live, channel, event in candidates:
+            if event is None:
+                continue
+            key = (kind, market_id)
+            old = self._published.get(key)
+            if old is not None:
+                if isinstance(old, PredictionEvent) and isinstance(event, PredictionEvent):
+                    if not _prediction_moved(old, event):
                         continue
-                out.append(PeriodicEvent(key=key, live=live, channel=channel, event=event))
+                elif _same_but_time(old, event):
+                    continue
+            out.append(PeriodicEvent(key=key, live=live, channel=channel, event=event))
         return out
 
 
