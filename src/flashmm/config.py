@@ -24,7 +24,8 @@ from flashmm._core.quoting import QuoteParams
 from flashmm._toml import read_toml
 from flashmm.engine.orders import OrderSettings
 from flashmm.engine.risk import RiskSettings
-from flashmm.venue.feed import FeedConfigError, FeedMarket, FeedSettings
+from flashmm.venue.feed import FeedConfigError, FeedMarket, FeedSettings, FeedTuning
+from flashmm.venue.gateway import GatewayTuning
 
 __all__ = [
     "ENV_PREFIX",
@@ -81,24 +82,20 @@ class VenueSection(_Section):
     """The account's bank address, for balances."""
 
 
-class FeedSection(_Section):
-    """:class:`flashmm.venue.feed.FeedSettings` without the URLs and markets."""
+class FeedSection(FeedTuning):
+    """:class:`flashmm.venue.feed.FeedSettings` without the URLs and markets.
 
-    ping_interval_s: float = 5.0
-    pong_timeout_s: float = 5.0
-    stale_after_s: float = 2.0
-    backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
-    max_attempts: int = 10
-    connect_timeout_s: float = 5.0
-    snapshot_timeout_s: float = 5.0
+    The fields and struct options are :class:`~flashmm.venue.feed.FeedTuning`'s (the same
+    as :class:`_Section`'s); their rules are checked through ``FeedSettings`` in ``_check``.
+    """
 
 
-class GatewaySection(_Section):
-    request_timeout_s: float = 2.0
-    breaker_failures: int = 5
-    breaker_cooldown_s: float = 2.0
-    stream_reconnect_max_s: float = 2.0
+class GatewaySection(GatewayTuning, frozen=True):
+    """:class:`flashmm.venue.gateway.GatewaySettings` without the venue's addresses.
+
+    The fields are :class:`~flashmm.venue.gateway.GatewayTuning`'s; frozen like every
+    section (the gateway's own settings are not).
+    """
 
 
 class StateSection(_Section):

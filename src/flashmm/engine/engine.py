@@ -20,12 +20,12 @@ import os
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
 import msgspec
 import numpy as np
+from prometheus_client import Counter
 
 from flashmm._core.book import OrderBook
 from flashmm._core.model import Model
@@ -34,10 +34,10 @@ from flashmm.config import EngineConfig
 from flashmm.engine.journal import Journal, JournalError, RiskRecord
 from flashmm.engine.orders import MarketSpec, OrderManager
 from flashmm.engine.pipeline import MAX_OWN_ORDERS, MarketPipeline
-from flashmm.engine.portfolio import Portfolio, PortfolioMarket
+from flashmm.engine.portfolio import MarketPosition, Portfolio, PortfolioMarket, PortfolioTotals
 from flashmm.engine.records import Fill, Order, OrderState, Side
 from flashmm.engine.risk import RiskGate, RiskLadder, RiskMonitor, RiskState, Transition
-from flashmm.metrics import EngineMetrics
+from flashmm.metrics import PNL_KINDS, PNL_TOTAL_MARKET, EngineMetrics
 from flashmm.state.commands import CommandReader, CommandSettings
 from flashmm.state.keys import Keys
 from flashmm.state.publisher import StatePublisher
@@ -85,6 +85,7 @@ class _Market:
         "last_decide_ns",
         "live",
         "lot",
+        "order_counters",
         "pipe",
         "spec",
         "tick",
@@ -93,9 +94,14 @@ class _Market:
         "volume",
     )
 
-    def __init__(self, spec: MarketSpec, pipe: MarketPipeline) -> None:
+    def __init__(
+        self, spec: MarketSpec, pipe: MarketPipeline, order_counters: dict[Side, Counter]
+    ) -> None:
         self.spec = spec
         self.pipe = pipe
+        # ``flashmm_orders_total`` children, looked up once: ``labels()`` costs a lock and
+        # a dict lookup per order on the hot path
+        self.order_counters = order_counters
         self.book: OrderBook = pipe.book
         self.tick = float(spec.tick_size)
         self.lot = float(spec.lot_size)
@@ -156,9 +162,7 @@ class Engine:
         """Recover, connect, reconcile; returns once quoting may begin."""
         cfg = self.config
         journal_path = cfg.engine.journal
-        if journal_path != ":memory:":
-            Path(journal_path).parent.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path)  # creates its folder
         state = self.journal.load(now_ns=self.clock())
         log.info(
             "journal %s: session %d, %d orders (%d live), %d fills, stream seq %s",
@@ -169,16 +173,13 @@ class Engine:
             len(state.fills),
             state.stream_seq,
         )
-        v, g = cfg.venue, cfg.gateway
+        v = cfg.venue
         gateway_settings = GatewaySettings(
             rest_url=v.rest_url,
             stream_url=v.stream_url,
             api_key=v.api_key,
             max_in_flight=cfg.orders.max_in_flight,
-            request_timeout_s=g.request_timeout_s,
-            breaker_failures=g.breaker_failures,
-            breaker_cooldown_s=g.breaker_cooldown_s,
-            stream_reconnect_max_s=g.stream_reconnect_max_s,
+            **msgspec.structs.asdict(cfg.gateway),
         )
         self.gateway = VenueGateway(gateway_settings)
         specs = await self._market_specs()
@@ -243,9 +244,12 @@ class Engine:
             )
             pipe.warm_up()
             pipe.inventory_lots = float(self.portfolio.position_lots(spec.market_id))
-            self.markets[spec.market_id] = _Market(spec, pipe)
+            self.metrics.add_market(spec.market_id)  # first: it refuses a reserved name
+            counters = {
+                side: self.metrics.orders.labels(spec.market_id, side.wire) for side in Side
+            }
+            self.markets[spec.market_id] = _Market(spec, pipe, counters)
             self._orders_sent[spec.market_id] = self._fill_count[spec.market_id] = 0
-            self.metrics.add_market(spec.market_id)
 
         # The stream first: fills made while the engine was down arrive before quoting.
         self.stream = ExecutionStream(
@@ -452,17 +456,30 @@ class Engine:
 
     def _quote(self, m: _Market, q: np.ndarray, now_ns: int) -> None:
         bid, ask = int(q[QO_BID]), int(q[QO_ASK])
+        # Side-independent inputs of the gate, read once: equity() loops over every
+        # market, and neither changes between the two sides (fills arrive on the stream).
+        position = self.portfolio.position_lots(m.spec.market_id)
+        equity = self.portfolio.equity()
         own_ask = self.orders.slots[m.spec.market_id, Side.SELL].order
         if own_ask is not None and bid >= own_ask.price_ticks:
             # the market moved up through our ask: move the ask first, or the new bid
             # would meet the old ask and a post-only venue would refuse it
-            self._quote_side(m, Side.SELL, ask, int(q[QO_ASK_SIZE]), now_ns)
-            self._quote_side(m, Side.BUY, bid, int(q[QO_BID_SIZE]), now_ns)
+            self._quote_side(m, Side.SELL, ask, int(q[QO_ASK_SIZE]), now_ns, position, equity)
+            self._quote_side(m, Side.BUY, bid, int(q[QO_BID_SIZE]), now_ns, position, equity)
         else:
-            self._quote_side(m, Side.BUY, bid, int(q[QO_BID_SIZE]), now_ns)
-            self._quote_side(m, Side.SELL, ask, int(q[QO_ASK_SIZE]), now_ns)
+            self._quote_side(m, Side.BUY, bid, int(q[QO_BID_SIZE]), now_ns, position, equity)
+            self._quote_side(m, Side.SELL, ask, int(q[QO_ASK_SIZE]), now_ns, position, equity)
 
-    def _quote_side(self, m: _Market, side: Side, price: int, size: int, now_ns: int) -> None:
+    def _quote_side(
+        self,
+        m: _Market,
+        side: Side,
+        price: int,
+        size: int,
+        now_ns: int,
+        position_lots: int,
+        equity: float,
+    ) -> None:
         market_id = m.spec.market_id
         if size > 0 and price > 0:
             working = self.orders.working_lots(market_id, side)
@@ -474,14 +491,14 @@ class Engine:
                 size_lots=size,
                 price=price * m.tick,
                 lot_size=m.lot,
-                position_lots=self.portfolio.position_lots(market_id),
+                position_lots=position_lots,
                 working_lots=working,
-                equity=self.portfolio.equity(),
+                equity=equity,
             )
         order = self.orders.update_quote(market_id, side, price, size, now_ns)
         if order is not None:
             self.monitor.observe_order(now_ns)
-            self.metrics.orders.labels(market_id, side.wire).inc()
+            m.order_counters[side].inc()
             self._orders_sent[market_id] += 1
             self._sent_stamps[order.client_order_id] = (self.feed.frame_ns, perf_counter_ns())
 
@@ -492,15 +509,14 @@ class Engine:
         m.volume.add(now, trade.price, trade.size)
 
     def on_state(self, market_id: str, state: FeedState, reason: str) -> None:
-        m = self.markets.get(market_id)
-        if m is None:
-            return
+        # The feed is made for self.markets and started after the order manager exists.
+        m = self.markets[market_id]
         live = state is FeedState.LIVE
         m.live = live
         m.feed_reason = reason
         self.metrics.feed_events.labels(market_id, state.value).inc()
         self.monitor.observe_feed(market_id, live, self.clock())
-        if not live and hasattr(self, "orders"):
+        if not live:
             pulled = self.orders.pull(market_id, f"feed {state.value}: {reason}")
             log.warning(
                 "%s: feed %s (%s); %d orders pulled", market_id, state.value, reason, pulled
@@ -810,9 +826,8 @@ class Engine:
             spec = m.spec
             held = Decimal(balances.get(spec.base_denom, 0)).scaleb(-spec.base_decimals)
             # the bank balance is what is available: resting sells have their base escrowed
-            escrowed = sum(
-                o.remaining_lots for o in self.orders.live_orders(spec.market_id) if o.side < 0
-            )
+            # (working_lots is signed: the sells' remaining lots, negated)
+            escrowed = -self.orders.working_lots(spec.market_id, Side.SELL)
             mine = self.portfolio.position_lots(spec.market_id) - escrowed
             outside = held - mine * spec.lot_size
             base = self._base_balances.setdefault(spec.market_id, outside)
@@ -837,17 +852,12 @@ class Engine:
         for market_id in self.markets:
             pos = self.portfolio.position(market_id)
             met.inventory.labels(market_id).set(pos.position)
-            for kind, value in (
-                ("realized", pos.realized_pnl),
-                ("unrealized", pos.unrealized_pnl),
-                ("fees", pos.fees),
-                ("net", pos.net_pnl),
-            ):
-                met.pnl.labels(market_id, kind).set(value)
+            self._publish_pnl(market_id, pos)
             for horizon, markout in pos.markouts.items():
                 met.markout.labels(market_id, horizon).set(markout.mean_bps)
             stale = self.feed.staleness_s(market_id)
             met.book_staleness.labels(market_id).set(stale if math.isfinite(stale) else -1.0)
+            live_orders = self.orders.live_orders(market_id)
             for side in Side:
                 slot = self.orders.slots[market_id, side].order
                 live = slot is not None and slot.state in (
@@ -855,20 +865,21 @@ class Engine:
                     OrderState.PARTIALLY_FILLED,
                 )
                 met.uptime.set_live(market_id, side.wire, live, now_ns)
-                working = sum(1 for o in self.orders.live_orders(market_id) if o.side is side)
+                working = sum(1 for o in live_orders if o.side is side)
                 met.open_orders.labels(market_id, side.wire).set(working)
             sent, fills = self._orders_sent[market_id], self._fill_count[market_id]
             met.order_to_fill.labels(market_id).set(sent / fills if fills else 0.0)
-        for kind, value in (
-            ("realized", totals.realized_pnl),
-            ("unrealized", totals.unrealized_pnl),
-            ("fees", totals.fees),
-            ("net", totals.net_pnl),
-        ):
-            met.pnl.labels("total", kind).set(value)
+        self._publish_pnl(PNL_TOTAL_MARKET, totals)
         met.update_quote_uptime(now_ns)
         met.set_risk_state(self.ladder.state.value)
         met.breaker_state.set(1.0 if self.gateway.breaker.state is not BreakerState.CLOSED else 0.0)
+
+    def _publish_pnl(self, market: str, pnl: MarketPosition | PortfolioTotals) -> None:
+        """The ``flashmm_pnl`` gauges of one market, or of the total over markets."""
+        gauge = self.metrics.pnl
+        values = (pnl.realized_pnl, pnl.unrealized_pnl, pnl.fees, pnl.net_pnl)  # PNL_KINDS order
+        for kind, value in zip(PNL_KINDS, values, strict=True):
+            gauge.labels(market, kind).set(value)
 
     # ================================================================= views
     def status(self) -> dict[str, Any]:

@@ -417,9 +417,14 @@ class OrderManager:
     def _venue_failed(self, exc: GatewayError) -> None:
         self.listener.on_venue_failure(_FAILURE_KIND.get(type(exc), "unavailable"), str(exc))
 
-    def _bind_venue_id(self, order: Order, order_id: str) -> None:
+    def _index_venue_id(self, order: Order, order_id: str) -> None:
+        """Learn the venue's id of ``order``; the caller journals the order."""
         order.order_id = order_id
         self._by_venue_id[order_id] = order
+
+    def _bind_venue_id(self, order: Order, order_id: str) -> None:
+        """Learn the venue's id of ``order`` outside a state change, and journal it."""
+        self._index_venue_id(order, order_id)
         self.journal.record_order(order)
 
     def _rejected(self, order: Order, code: str, message: str) -> None:
@@ -487,8 +492,7 @@ class OrderManager:
                     self.journal.record_stream_seq(event.seq)
                     return
                 if order.order_id is None:
-                    order.order_id = event.order_id
-                    self._by_venue_id[event.order_id] = order
+                    self._index_venue_id(order, event.order_id)
                 now = self.clock()
                 if order.state is OrderState.PENDING_NEW:
                     self._transition(order, OrderState.OPEN, now, seq=event.seq)
@@ -518,8 +522,7 @@ class OrderManager:
                     self.journal.record_stream_seq(event.seq)
                     return
                 if order.order_id is None:
-                    self._by_venue_id[event.order_id] = order
-                    order.order_id = event.order_id
+                    self._index_venue_id(order, event.order_id)
                 self.counters["rejected"] += 1
                 self._transition(
                     order,
@@ -565,8 +568,7 @@ class OrderManager:
             seq=event.seq,
         )
         if order.order_id is None:
-            order.order_id = event.order_id
-            self._by_venue_id[event.order_id] = order
+            self._index_venue_id(order, event.order_id)
         previous = (order.state, order.filled_lots, order.updated_ns)
         order.filled_lots += size
         if order.filled_lots >= order.size_lots:

@@ -26,10 +26,6 @@ class Side(IntEnum):
     def wire(self) -> Literal["buy", "sell"]:
         return "buy" if self is Side.BUY else "sell"
 
-    @classmethod
-    def from_wire(cls, text: str) -> Side:
-        return cls.BUY if text == "buy" else cls.SELL
-
 
 class OrderState(StrEnum):
     """Where an order is in its life; see ``docs/decisions.md`` (Engine orders)."""

@@ -51,6 +51,7 @@ __all__ = [
     "FeedMarket",
     "FeedSettings",
     "FeedState",
+    "FeedTuning",
     "MarketFeed",
     "SnapshotError",
 ]
@@ -117,14 +118,10 @@ class FeedMarket(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lot_size: float
 
 
-class FeedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where the feed connects and how it reacts; times in seconds."""
+class FeedTuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the feed reacts, times in seconds: shared by :class:`FeedSettings` and the
+    engine config's ``[feed]`` section, so the two cannot drift apart."""
 
-    urls: list[str]
-    """Market-data WebSocket URLs: the primary first, then the backups in order."""
-    rest_url: str
-    """Order-entry base URL (``GET /v1/markets/{id}/book`` for resync snapshots)."""
-    markets: list[FeedMarket]
     ping_interval_s: float = 5.0
     """Send a WS ping after this long without incoming data."""
     pong_timeout_s: float = 5.0
@@ -138,6 +135,16 @@ class FeedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     connect_timeout_s: float = 5.0
     """TCP connect plus WebSocket handshake."""
     snapshot_timeout_s: float = 5.0
+
+
+class FeedSettings(FeedTuning):
+    """Where the feed connects, and (from :class:`FeedTuning`) how it reacts."""
+
+    urls: list[str]
+    """Market-data WebSocket URLs: the primary first, then the backups in order."""
+    rest_url: str
+    """Order-entry base URL (``GET /v1/markets/{id}/book`` for resync snapshots)."""
+    markets: list[FeedMarket]
     seed: int | None = None
     """Seed of the backoff jitter (``None``: unpredictable)."""
 

@@ -44,6 +44,7 @@ __all__ = [
     "GatewayError",
     "GatewaySettings",
     "GatewayTimeout",
+    "GatewayTuning",
     "RateLimited",
     "VenueGateway",
     "VenueProtocolError",
@@ -60,17 +61,23 @@ _CLOSE_SINCE_REFUSED = 1011  # the venue no longer holds the events after ``sinc
 _CLOSE_POLICY = 1008  # bad key or bad query: retrying the same request cannot help
 
 
-class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class GatewayTuning(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Timeouts and breaker: shared by :class:`GatewaySettings` and the engine config's
+    ``[gateway]`` section, so the two cannot drift apart."""
+
+    request_timeout_s: float = 2.0
+    breaker_failures: int = 5  # consecutive failures that open the breaker
+    breaker_cooldown_s: float = 2.0
+    stream_reconnect_max_s: float = 2.0  # longest wait between stream reconnects
+
+
+class GatewaySettings(GatewayTuning):
     """Where the venue is and how hard the gateway may push it."""
 
     rest_url: str = "http://127.0.0.1:8081"
     stream_url: str = "ws://127.0.0.1:8081/v1/stream"
     api_key: str = ""
     max_in_flight: int = 5
-    request_timeout_s: float = 2.0
-    breaker_failures: int = 5  # consecutive failures that open the breaker
-    breaker_cooldown_s: float = 2.0
-    stream_reconnect_max_s: float = 2.0  # longest wait between stream reconnects
 
     def __post_init__(self) -> None:
         rest = urlsplit(self.rest_url)
