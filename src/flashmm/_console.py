@@ -1,4 +1,4 @@
-"""What the ``flashmm`` commands share: the stderr console, failing, file options, progress."""
+"""What the ``flashmm`` commands share: the consoles, failing, file options, progress."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False)  # a command's report on stdout
 
 FormatOption = Annotated[
     str, typer.Option("--format", help="auto, binance (capture) or frames (venue frames).")

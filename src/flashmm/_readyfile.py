@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,21 @@ def write_ready_file(path: str | os.PathLike[str], payload: dict[str, Any]) -> N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def serving_ready_file(
+    path: str | os.PathLike[str] | None, payload: dict[str, Any]
+) -> Iterator[None]:
+    """Write the ready file on entry and remove it on exit (``path`` None: neither).
+
+    Exit after the server has stopped: nobody should wait on a stopped server.
+    """
+    if path is None:
+        yield
+        return
+    write_ready_file(path, payload)
+    try:
+        yield
+    finally:
+        Path(path).unlink(missing_ok=True)

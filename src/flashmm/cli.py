@@ -19,6 +19,7 @@ from flashmm._console import (
     err,
     fail,
     file_progress,
+    out,
 )
 from flashmm.data import commands as data_commands
 
@@ -159,14 +160,14 @@ def sim(
     import msgspec
     import uvloop
 
-    from flashmm._readyfile import write_ready_file
+    from flashmm._logging import configure_logging
+    from flashmm._readyfile import serving_ready_file
     from flashmm.venue.sim.config import SimConfigError, load_config
     from flashmm.venue.sim.server import SimServer
 
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
+    if not isinstance(logging.getLevelName(log_level.upper()), int):
         raise fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, "text")
     try:
         cfg = load_config(config)
         overrides = {
@@ -195,16 +196,13 @@ def sim(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if ready_file is not None:
-            write_ready_file(ready_file, sim_server.ready_payload())
-        for name, url in urls.items():
-            err.print(f"{name:12s} {url}", highlight=False)
-        try:
-            await sim_server.wait(stop)
-        finally:
-            await sim_server.stop()
-            if ready_file is not None:
-                ready_file.unlink(missing_ok=True)  # nobody should wait on a stopped server
+        with serving_ready_file(ready_file, sim_server.ready_payload()):
+            for name, url in urls.items():
+                err.print(f"{name:12s} {url}", highlight=False)
+            try:
+                await sim_server.wait(stop)
+            finally:
+                await sim_server.stop()
 
     uvloop.run(serve())
 
@@ -236,7 +234,7 @@ def run(
     import uvloop
 
     from flashmm._logging import configure_logging
-    from flashmm._readyfile import write_ready_file
+    from flashmm._readyfile import serving_ready_file
     from flashmm.config import ConfigError, load_config
     from flashmm.engine.engine import Engine, EngineError
     from flashmm.engine.journal import JournalError
@@ -247,8 +245,6 @@ def run(
     try:
         cfg = load_config(config)
         if venue_ready_file is not None:
-            import time
-
             deadline = time.monotonic() + 30.0
             while not venue_ready_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)  # the simulator started alongside is still starting
@@ -280,14 +276,11 @@ def run(
         except (EngineError, JournalError, GatewayError, StatePublisherError, OSError) as exc:
             await engine.stop()
             raise fail(str(exc)) from None
-        if ready_file is not None:
-            write_ready_file(ready_file, engine.ready_payload())
-        try:
-            await stop.wait()
-        finally:
-            await engine.stop()
-            if ready_file is not None:
-                ready_file.unlink(missing_ok=True)
+        with serving_ready_file(ready_file, engine.ready_payload()):
+            try:
+                await stop.wait()
+            finally:
+                await engine.stop()
 
     # No Redis configured: an embedded one in the run directory, for this process's life
     # (its URL file there tells the sidecar and the CLI where it is).
@@ -322,13 +315,11 @@ def demo(
     ] = Path(".flashmm-demo"),
 ) -> None:
     """Run the whole system here: Valkey, simulator, engine and API; Ctrl-C stops it all."""
-    from rich.console import Console
-
     from flashmm.demo import DemoError, DemoSettings, run_demo
 
     try:
         settings = DemoSettings(run_dir=str(run_dir), api_port=port, duration_s=duration)
-        code = run_demo(settings, out=Console(soft_wrap=True, highlight=False), err=err)
+        code = run_demo(settings, out=out, err=err)
     except DemoError as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code)

@@ -30,6 +30,7 @@ import msgspec
 import redis
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -563,7 +564,7 @@ class Demo:
                 self.err.print("stopped before the demo was ready")
                 code = 130
             except DemoError as exc:
-                self.err.print(f"[bold red]error:[/] {_escape(str(exc))}")
+                self.err.print(f"[bold red]error:[/] {escape(str(exc))}")
                 code = 1
             finally:
                 self._stop_all()
@@ -730,16 +731,10 @@ class Demo:
         try:
             summaries = summarize_journal(journal, mids)
         except JournalError as exc:
-            self.err.print(f"[yellow]no summary: {_escape(str(exc))}[/]")
+            self.err.print(f"[yellow]no summary: {escape(str(exc))}[/]")
             return
         self.out.print(summary_table(summaries, risk_state, elapsed_s))
         self.out.print(f"journal, logs and configs are kept in {run_dir}")
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def run_demo(settings: DemoSettings, out: Console, err: Console) -> int:

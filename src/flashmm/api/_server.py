@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from flashmm._readyfile import write_ready_file
+from flashmm._readyfile import serving_ready_file
 from flashmm.api._app import create_app
 from flashmm.config import EngineConfig
 
@@ -81,13 +81,8 @@ async def _serve(server: uvicorn.Server, host: str, ready_file: Path | None) -> 
     # was the p99 latency of every request waiting behind it.
     gc.collect()
     gc.freeze()
-    if ready_file is not None:
-        write_ready_file(ready_file, ready_payload(host, port))
-    try:
+    with serving_ready_file(ready_file, ready_payload(host, port)):
         await task
-    finally:
-        if ready_file is not None:
-            ready_file.unlink(missing_ok=True)  # nobody should wait on a stopped server
 
 
 def serve(

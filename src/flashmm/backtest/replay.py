@@ -26,11 +26,12 @@ from flashmm._core.book import OK, BookStatus
 from flashmm._core.model import OUT_CONFIDENCE, OUT_DIRECTION, OUT_MOVE_BPS, Model
 from flashmm._core.quoting import QO_ASK, QO_ASK_SIZE, QO_BID, QO_BID_SIZE
 from flashmm.data import binance, convert
-from flashmm.data.convert import InputFormat
+from flashmm.data.convert import INFERENCE_LINES, InputFormat
+from flashmm.data.frames import frame_notifications
 from flashmm.data.increments import IncrementError, decimals_of, infer_increment
 from flashmm.data.lines import read_lines
 from flashmm.engine.pipeline import MarketPipeline
-from flashmm.venue.protocol import BookUpdate, FrameDecoder, FrameError, Notification, Trade
+from flashmm.venue.protocol import BookUpdate, FrameDecoder, Notification, Trade
 
 COLUMNS = (
     "recv_ns",
@@ -48,7 +49,6 @@ COLUMNS = (
 )
 
 MAX_REPORTED_ERRORS = 20
-INFERENCE_LINES = 2000
 
 
 class ReplayError(ValueError):
@@ -149,18 +149,11 @@ def binance_increments(paths: list[Path]) -> tuple[float, float]:
 def _frame_notifications(
     path: Path, decoder: FrameDecoder, on_progress: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, int, Notification | BadLine]]:
-    for line_no, line in read_lines(path, on_progress):
-        head, sep, frame = line.strip().partition(b" ")
-        if not sep or not head.isdigit():
-            yield line_no, 0, BadLine(path.name, line_no, "expected '<receive_ns> <frame>'")
-            continue
-        try:
-            msg = decoder.decode(frame)
-        except FrameError as exc:
-            yield line_no, 0, BadLine(path.name, line_no, str(exc))
-            continue
-        if isinstance(msg, Notification):
-            yield line_no, int(head), msg
+    for line_no, recv_ns, msg in frame_notifications(read_lines(path, on_progress), decoder):
+        if isinstance(msg, str):
+            yield line_no, recv_ns, BadLine(path.name, line_no, msg)
+        else:
+            yield line_no, recv_ns, msg
 
 
 def frame_events(

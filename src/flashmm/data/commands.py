@@ -5,12 +5,9 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import msgspec
-import numpy as np
 import typer
-from rich.console import Console
 
 from flashmm._console import (
     FormatOption,
@@ -20,16 +17,16 @@ from flashmm._console import (
     err,
     fail,
     file_progress,
+    out,
 )
-from flashmm.data.events import (
-    EventFile,
-    EventFileError,
-    EventHeader,
-    EventKind,
-    batch_bounds,
-    load_events,
-    save_events,
-)
+
+if TYPE_CHECKING:
+    from flashmm.data.events import EventKind
+    from flashmm.data.summary import KindCount
+
+# numpy, the event format and the book behind it are imported inside the commands: this
+# module is loaded by every ``flashmm`` invocation (``version``, ``--help``), which should
+# not pay for them.
 
 app = typer.Typer(
     name="data",
@@ -38,8 +35,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-_out = Console(soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -69,6 +64,8 @@ def convert(
     """Convert recorded market data into an event file; nothing is written on error."""
     from flashmm.data.convert import ConvertError, InputFormat
     from flashmm.data.convert import convert as run_convert
+    from flashmm.data.events import EventFileError, EventKind, save_events
+    from flashmm.data.summary import summarize
 
     try:
         input_format = InputFormat(fmt)
@@ -102,7 +99,7 @@ def convert(
         raise fail(f"cannot write {output}: {exc.strerror or exc}") from None
     elapsed = time.perf_counter() - started
 
-    info = _summarize(output, result.file)
+    info = summarize(output, result.file)
     header = result.file.header
     kinds = info.kinds
     err.print(
@@ -128,76 +125,6 @@ def convert(
     if result.other_markets:
         others = ", ".join(f"{k} ({v})" for k, v in sorted(result.other_markets.items()))
         err.print(f"events of other markets left out: {others}", markup=False)
-
-
-class KindCount(msgspec.Struct):
-    rows: int
-    batches: int
-
-
-class FileInfo(msgspec.Struct):
-    """What ``flashmm data info --json`` prints."""
-
-    path: str
-    header: EventHeader
-    rows: int
-    batches: int
-    kinds: dict[str, KindCount]
-    local_first_ns: int | None
-    local_last_ns: int | None
-    exch_first_ns: int | None
-    exch_last_ns: int | None
-    duration_s: float
-    trade_price_min: str | None
-    trade_price_max: str | None
-    level_price_min: str | None
-    level_price_max: str | None
-    first_seq: int | None
-    last_seq: int | None
-
-
-def _summarize(path: Path, file: EventFile) -> FileInfo:
-    header, ev = file.header, file.events
-    kind = ev["kind"]
-    starts, ends = batch_bounds(ev)
-    rows_by_kind = np.bincount(kind, minlength=len(EventKind) + 1)
-    batches_by_kind = np.bincount(kind[ends - 1], minlength=len(EventKind) + 1)
-    kinds = {
-        k.name: KindCount(int(rows_by_kind[k]), int(batches_by_kind[k]))
-        for k in EventKind
-        if rows_by_kind[k]
-    }
-    depth = (kind == EventKind.DEPTH_SNAPSHOT) | (kind == EventKind.DEPTH_DELTA)
-    levels = ev["price"][depth & (ev["side"] != 0)]
-    trades = ev["price"][kind == EventKind.TRADE]
-    seqs = ev["seq"][depth]
-    market_rows = ev[depth | (kind == EventKind.TRADE)]
-    local, exch = ev["local_ts"], market_rows["exch_ts"]
-
-    def price(values: np.ndarray, pick: str) -> str | None:
-        if values.size == 0:
-            return None
-        ticks = int(values.min() if pick == "min" else values.max())
-        return f"{header.to_price(ticks):.{header.price_decimals}f}"
-
-    return FileInfo(
-        path=str(path),
-        header=header,
-        rows=len(ev),
-        batches=len(starts),
-        kinds=kinds,
-        local_first_ns=int(local[0]) if len(ev) else None,
-        local_last_ns=int(local[-1]) if len(ev) else None,
-        exch_first_ns=int(exch.min()) if len(exch) else None,
-        exch_last_ns=int(exch.max()) if len(exch) else None,
-        duration_s=(int(local[-1]) - int(local[0])) / 1e9 if len(ev) else 0.0,
-        trade_price_min=price(trades, "min"),
-        trade_price_max=price(trades, "max"),
-        level_price_min=price(levels, "min"),
-        level_price_max=price(levels, "max"),
-        first_seq=int(seqs[0]) if len(seqs) else None,
-        last_seq=int(seqs[-1]) if len(seqs) else None,
-    )
 
 
 def _plural(count: int, noun: str) -> str:
@@ -228,7 +155,7 @@ def _duration(seconds: float) -> str:
     return f"{secs:.3f}s"
 
 
-def _span(low: str | None, high: str | None) -> str:
+def _span(low: str | int | None, high: str | int | None) -> str:
     return "-" if low is None else f"{low} to {high}"
 
 
@@ -240,11 +167,16 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Describe an event file: market, rows by kind, batches, time span, prices, sequences."""
+    import msgspec
+
+    from flashmm.data.events import EventFileError, load_events
+    from flashmm.data.summary import summarize
+
     try:
         loaded = load_events(file)
     except EventFileError as exc:
         raise fail(str(exc)) from None
-    summary = _summarize(file, loaded)
+    summary = summarize(file, loaded)
     if as_json:
         typer.echo(msgspec.json.encode(summary).decode())
         return
@@ -264,12 +196,8 @@ def info(
         ("exchange time", f"{_utc(summary.exch_first_ns)} to {_utc(summary.exch_last_ns)}"),
         ("trade prices", _span(summary.trade_price_min, summary.trade_price_max)),
         ("book prices", _span(summary.level_price_min, summary.level_price_max)),
-        ("sequence", _span(_opt(summary.first_seq), _opt(summary.last_seq))),
+        ("sequence", _span(summary.first_seq, summary.last_seq)),
     ]
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
-        _out.print(f"{key:<{width}}  {value}", markup=False)
-
-
-def _opt(value: int | None) -> str | None:
-    return None if value is None else str(value)
+        out.print(f"{key:<{width}}  {value}", markup=False)

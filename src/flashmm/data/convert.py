@@ -34,9 +34,10 @@ from flashmm.data.events import (
     EventHeader,
     EventKind,
 )
+from flashmm.data.frames import frame_notifications
 from flashmm.data.increments import IncrementError, infer_increment
 from flashmm.data.lines import read_lines
-from flashmm.venue.protocol import BookUpdate, FrameDecoder, FrameError, Notification, Trade
+from flashmm.venue.protocol import BookUpdate, FrameDecoder, Notification, Trade
 
 __all__ = [
     "INFERENCE_LINES",
@@ -451,16 +452,10 @@ def _frame_lines(
     path: Path, decoder: FrameDecoder, on_progress: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, int, Notification]]:
     """``(line_no, receive_ns, notification)`` per notification line; replies are skipped."""
-    for line_no, line in _read(path, on_progress):
-        head, sep, frame = line.strip().partition(b" ")
-        if not sep or not head.isdigit():
-            raise UnreadableLineError(f"{path}:{line_no}: expected '<receive_ns> <frame>'")
-        try:
-            msg = decoder.decode(frame)
-        except FrameError as exc:
-            raise UnreadableLineError(f"{path}:{line_no}: {exc}") from None
-        if isinstance(msg, Notification):
-            yield line_no, int(head), msg
+    for line_no, recv_ns, msg in frame_notifications(_read(path, on_progress), decoder):
+        if isinstance(msg, str):
+            raise UnreadableLineError(f"{path}:{line_no}: {msg}")
+        yield line_no, recv_ns, msg
 
 
 def _frames_market_and_increments(

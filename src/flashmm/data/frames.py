@@ -1,4 +1,4 @@
-"""Venue frame recordings (``<receive_ns> <frame>`` per line) and conversion into them.
+"""Venue frame recordings (``<receive_ns> <frame>`` per line): reading them, converting into them.
 
 This is the venue's own wire format (DESIGN section 4) with each frame's local receive
 time in front, as the engine would record it.
@@ -6,13 +6,43 @@ time in front, as the engine would record it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flashmm._core.book import OK, OrderBook
 from flashmm.data import binance
 from flashmm.data.increments import decimals_of
-from flashmm.venue.protocol import BookUpdate, Trade, encode_notification, format_query
+from flashmm.venue.protocol import (
+    BookUpdate,
+    FrameDecoder,
+    FrameError,
+    Notification,
+    Trade,
+    encode_notification,
+    format_query,
+)
+
+
+def frame_notifications(
+    lines: Iterable[tuple[int, bytes]], decoder: FrameDecoder
+) -> Iterator[tuple[int, int, Notification | str]]:
+    """``(line_no, receive_ns, notification)`` per notification line; replies are skipped.
+
+    An unreadable line gives ``(line_no, 0, reason)``: convert refuses the file, replay
+    skips the line, so what to do with it is the caller's.
+    """
+    for line_no, line in lines:
+        head, sep, frame = line.strip().partition(b" ")
+        if not sep or not head.isdigit():
+            yield line_no, 0, "expected '<receive_ns> <frame>'"
+            continue
+        try:
+            msg = decoder.decode(frame)
+        except FrameError as exc:
+            yield line_no, 0, str(exc)
+            continue
+        if isinstance(msg, Notification):
+            yield line_no, int(head), msg
 
 
 def binance_to_frames(
